@@ -1,0 +1,1 @@
+"""Python client for an edgecam server; hides the protobuf types."""

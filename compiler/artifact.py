@@ -1,0 +1,212 @@
+"""The artifact directory: the only thing that crosses from compile to serve.
+
+This is the one module that knows the manifest. It is imported by the server too, so it stays
+light: pydantic, hashlib and the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from edgecam import __version__
+from edgecam.datatypes import KSERVE_DATATYPES
+from edgecam.postprocessing import Postprocessing
+from edgecam.preprocessing import Preprocessing
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ArtifactError(Exception):
+    """An artifact failed a named check; the message says what was found and what was expected."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"artifact check '{check}' failed: {message}")
+        self.check = check
+
+
+class TensorSpec(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.datatype not in KSERVE_DATATYPES:
+            raise ValueError(f"datatype {self.datatype!r} is not a KServe datatype ({KSERVE_DATATYPES})")
+
+
+class TargetInfo(BaseModel):
+    """What the compiled code needs from the machine that runs it."""
+
+    name: str  # plain name: x86_64, aarch64, cuda-sm90, ...
+    tvm: dict[str, Any] = Field(default_factory=dict)  # tvm.target.Target.export()
+    arch: str  # platform.machine() of the hosts that can run it
+    device: Literal["cpu", "cuda"] = "cpu"
+    cpu_features: list[str] = Field(default_factory=list)  # /proc/cpuinfo flag names
+
+
+class Verification(BaseModel):
+    reference: str = "onnxruntime"
+    samples: int
+    max_abs_diff: float
+    tolerance: float
+
+
+class SourceModel(BaseModel):
+    file: str
+    sha256: str
+
+
+class Manifest(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    edgecam_version: str = __version__
+    tvm_version: str | None = None
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    model_name: str
+    runtime: Literal["tvm", "onnxruntime"]
+    library: str  # file inside the artifact the runtime loads
+    target: TargetInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: Preprocessing
+    postprocessing: Postprocessing = Field(default_factory=Postprocessing)
+    labels: list[str] = Field(default_factory=list)
+    source: SourceModel | None = None
+    recipe: dict[str, Any] | None = None
+    verification: Verification | None = None
+    measurements: dict[str, float] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+
+
+class Artifact(BaseModel):
+    path: Path
+    manifest: Manifest
+
+    @property
+    def library_path(self) -> Path:
+        return self.path / self.manifest.library
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_artifact(out_dir: Path, manifest: Manifest, files: Mapping[str, Path]) -> Artifact:
+    """Copy `files` (name inside the artifact → source path) and a hashed manifest into `out_dir`.
+
+    The directory is assembled beside `out_dir` and renamed into place, so a failure leaves
+    whatever was there before untouched and a reader never sees half an artifact.
+    """
+    if manifest.library not in files:
+        raise ArtifactError("library", f"{manifest.library!r} is not among the files {sorted(files)}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        hashes = {}
+        for name, src in files.items():
+            dest = staging / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            hashes[name] = sha256_file(dest)
+        final = manifest.model_copy(update={"files": hashes})
+        (staging / MANIFEST_NAME).write_text(final.model_dump_json(indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Artifact(path=out_dir, manifest=final)
+
+
+def load_artifact(path: Path, check_host: bool = True) -> Artifact:
+    """Read and verify an artifact: schema, every file's hash, and that this host can run it."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ArtifactError("manifest", f"{manifest_path} does not exist; is {path} an edgecam artifact?")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError("manifest", f"{manifest_path} is not valid JSON: {exc}") from exc
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ArtifactError(
+            "schema_version", f"manifest has schema_version {version!r}; this edgecam reads {SCHEMA_VERSION}"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ArtifactError("manifest", f"{manifest_path} does not match the schema: {exc}") from exc
+    _verify_files(path, manifest)
+    if check_host:
+        check_host_can_run(manifest.target)
+    return Artifact(path=path, manifest=manifest)
+
+
+def _verify_files(path: Path, manifest: Manifest) -> None:
+    if manifest.library not in manifest.files:
+        raise ArtifactError("library", f"library {manifest.library!r} is not listed in the manifest's files")
+    for name, expected in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError("files", f"{file} is listed in the manifest but missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ArtifactError("sha256", f"{file} has sha256 {actual}, the manifest says {expected}")
+
+
+def host_cpu_features() -> set[str]:
+    """CPU feature flags of this host as /proc/cpuinfo names them (x86 'flags', ARM 'Features')."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def check_host_can_run(target: TargetInfo) -> None:
+    """Refuse code this machine cannot execute, before it dies of an illegal instruction."""
+    arch = platform.machine()
+    if target.arch != arch:
+        raise ArtifactError(
+            "target", f"artifact is built for {target.name} ({target.arch}); this host is {arch}"
+        )
+    missing = sorted(set(target.cpu_features) - host_cpu_features())
+    if missing:
+        raise ArtifactError(
+            "cpu_features",
+            f"artifact for {target.name} needs CPU features {missing} that this host lacks; "
+            "recompile for this host (edgecam compile --target ...)",
+        )
+    if target.device == "cuda" and not _cuda_present():
+        raise ArtifactError("device", f"artifact for {target.name} needs an NVIDIA GPU; none is visible")
+
+
+def _cuda_present() -> bool:
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))

@@ -1,0 +1,1 @@
+"""Bundled models: small, reproducible, with the script that made them."""
