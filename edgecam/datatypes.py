@@ -28,9 +28,7 @@ def to_numpy(datatype: str) -> np.dtype:
     try:
         return _KSERVE_TO_NUMPY[datatype]
     except KeyError:
-        raise ValueError(
-            f"unsupported datatype {datatype!r}; valid: {', '.join(KSERVE_DATATYPES)}"
-        ) from None
+        raise ValueError(f"unsupported datatype {datatype!r}; valid: {', '.join(KSERVE_DATATYPES)}") from None
 
 
 def from_numpy(dtype: np.dtype | type) -> str:

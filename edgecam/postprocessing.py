@@ -32,6 +32,4 @@ def top_k(scores: np.ndarray, labels: list[str], spec: Postprocessing, k: int | 
     k = min(k or spec.top_k, flat.size)
     best = np.argpartition(-flat, k - 1)[:k]
     best = best[np.argsort(-flat[best], kind="stable")]
-    return [
-        Ranked(int(i), labels[i] if i < len(labels) else str(int(i)), float(flat[i])) for i in best
-    ]
+    return [Ranked(int(i), labels[i] if i < len(labels) else str(int(i)), float(flat[i])) for i in best]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -56,8 +57,8 @@ def _describe(module: str) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason="needs tritonclient[grpc]")
 def test_inference_protocol_matches_triton() -> None:
-    pytest.importorskip("tritonclient.grpc")
     ours = _describe("edgecam.proto.inference.grpc_service_pb2")
     triton = _describe("tritonclient.grpc.service_pb2")
     assert ours["messages"], "no messages found"
@@ -66,6 +67,13 @@ def test_inference_protocol_matches_triton() -> None:
         assert fields == triton["messages"][name], f"{name} differs from Triton's definition"
     for method, signature in ours["methods"].items():
         assert signature == triton["methods"][method], f"rpc {method} differs from Triton's"
-    required = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-                "ModelInfer", "ModelStreamInfer"}
+    required = {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelStreamInfer",
+    }
     assert required <= set(ours["methods"])

@@ -1,0 +1,44 @@
+# Everything a developer runs; .ci/run calls the same targets.
+PY      := .venv/bin/python
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT     := dataset-fashion-mnist prometheus
+
+.PHONY: demo test test-slow lint typecheck proto bench ci
+
+.venv/.installed-dev: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.apt-installed:
+	command -v prometheus >/dev/null && [ -d /usr/share/datasets/fashion-mnist ] || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(APT))
+	touch $@
+
+demo: .venv/.installed-dev
+	.venv/bin/edgecam demo
+
+test: .venv/.installed-dev .apt-installed
+	$(PY) -m pytest
+
+test-slow: .venv/.installed-dev .apt-installed
+	$(PY) -m pytest -m slow
+
+lint: .venv/.installed-dev
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+# mypy does not follow setuptools' editable-install import hook, so check an installed copy.
+typecheck: .venv/.installed-dev
+	rm -rf build/typecheck && $(PY) -m pip install -q --no-deps --no-build-isolation --target build/typecheck .
+	cd build/typecheck && ../../.venv/bin/mypy --config-file ../../pyproject.toml -p edgecam
+
+proto: .venv/.installed-dev
+	$(PY) -m edgecam.proto.generate
+
+bench: .venv/.installed-dev
+	$(PY) bench/bench_runtime.py
+
+ci: lint typecheck test

@@ -1,0 +1,121 @@
+"""Benchmark: edgecam's TVM artifact against ONNX Runtime, and gRPC overhead over in-process inference.
+
+    .venv/bin/python bench/bench_runtime.py [--runs 500] [--threads 2]
+
+Everything is measured in one run on one machine: ONNX Runtime (CPU provider, `--threads` intra-op
+threads) and the TVM artifact on the same preprocessed sample images, then the same artifact
+through `edgecam serve` over a real gRPC socket. Results go to bench/results/ with machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 20) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples[i] = time.perf_counter() - start
+    return samples * 1000.0  # ms
+
+
+def summary(ms: np.ndarray) -> dict[str, float]:
+    return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": int(ms.size)}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+
+    from edgecam.client.client import EdgecamClient
+    from edgecam.demo import cached_artifact
+    from edgecam.models import fashion_cnn
+    from edgecam.preprocessing import preprocess
+    from edgecam.server.launcher import launch
+    from edgecam.server.runtime import load_model
+
+    artifact = cached_artifact(args.workdir)
+    model = load_model(artifact)
+    images, _ = fashion_cnn.load_samples()
+    inputs = [preprocess(image, model.preprocessing) for image in images[:64]]
+    name = model.inputs[0].name
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(fashion_cnn.onnx_path()), options, providers=["CPUExecutionProvider"])
+    cycle = iter(range(10**9))
+
+    def next_input() -> np.ndarray:
+        return inputs[next(cycle) % len(inputs)]
+
+    results: dict[str, dict[str, float]] = {}
+    results["onnxruntime"] = summary(timed(lambda: session.run(None, {name: next_input()}), args.runs))
+    results["tvm"] = summary(timed(lambda: model.runtime.run({name: next_input()}), args.runs))
+
+    server = launch(["--model", str(artifact), "--log-level", "WARNING"])
+    try:
+        with EdgecamClient(server.grpc_address) as client:
+            client.wait_ready()
+            results["grpc_tvm"] = summary(
+                timed(lambda: client.infer(model.name, {name: next_input()}), args.runs)
+            )
+    finally:
+        server.stop()
+
+    ratios = {
+        "tvm_over_onnxruntime": results["tvm"]["median_ms"] / results["onnxruntime"]["median_ms"],
+        "grpc_overhead_ms": results["grpc_tvm"]["median_ms"] - results["tvm"]["median_ms"],
+    }
+    record = {
+        "benchmark": "bench_runtime",
+        "model": model.name,
+        "target": model.platform,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "onnxruntime_threads": args.threads,
+        },
+        "results": results,
+        "ratios": ratios,
+    }
+    for label, r in results.items():
+        print(f"{label:<12} median {r['median_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms   ({r['runs']} runs)")
+    print(f"TVM / ONNX Runtime median latency: {ratios['tvm_over_onnxruntime']:.2f}x")
+    print(f"gRPC round trip over in-process TVM: +{ratios['grpc_overhead_ms']:.3f} ms (median)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench_runtime-{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

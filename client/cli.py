@@ -1,0 +1,79 @@
+"""`edgecam watch | infer | status`: look at a running server from a terminal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from edgecam.client.client import EdgecamClient, EdgecamClientError
+
+
+def watch(
+    address: str = typer.Argument(..., help="HOST:PORT of the server's gRPC endpoint."),
+    camera: str = typer.Argument(..., help="Camera name (see `edgecam status`)."),
+    count: int = typer.Option(0, help="Stop after this many predictions; 0 runs until Ctrl-C."),
+    top_k: int = typer.Option(3, help="How many labels to show per frame."),
+) -> None:
+    """Print a camera's live predictions."""
+    try:
+        with EdgecamClient(address) as client:
+            for n, p in enumerate(client.stream(camera, top_k=top_k), start=1):
+                best = ", ".join(f"{r.label} {r.score:.2f}" for r in p.top_k)
+                truth = f"  truth={p.label}" if p.label is not None else ""
+                total_ms = 1000 * p.latency.get("total", 0.0)
+                typer.echo(f"{p.camera} #{p.frame_index:<6} {total_ms:6.1f} ms  {best}{truth}")
+                if count and n >= count:
+                    break
+    except EdgecamClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def infer(
+    address: str = typer.Argument(..., help="HOST:PORT of the server's gRPC endpoint."),
+    model: str = typer.Argument(..., help="Model name."),
+    image: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Image file (any format OpenCV reads)."
+    ),
+    top_k: int = typer.Option(3, help="How many labels to show."),
+) -> None:
+    """Classify one image with a model on the server."""
+    import cv2
+
+    frame = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    if frame is None:
+        typer.echo(f"error: OpenCV cannot read {image} as an image", err=True)
+        raise typer.Exit(2)
+    try:
+        with EdgecamClient(address) as client:
+            start = time.perf_counter()
+            ranked = client.classify(model, frame, k=top_k)
+            elapsed = time.perf_counter() - start
+    except EdgecamClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for r in ranked:
+        typer.echo(f"{r.score:7.4f}  {r.label} ({r.index})")
+    typer.echo(f"round trip {1000 * elapsed:.1f} ms", err=True)
+
+
+def status(address: str = typer.Argument(..., help="HOST:PORT of the server's gRPC endpoint.")) -> None:
+    """Show the server's readiness and its cameras."""
+    try:
+        with EdgecamClient(address) as client:
+            ready = client.ready()
+            cameras = client.cameras()
+    except EdgecamClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{address}: {'ready' if ready else 'NOT ready'}")
+    for c in cameras:
+        age = f"{c.last_frame_age_seconds:.2f}s" if c.last_frame_age_seconds is not None else "never"
+        typer.echo(
+            f"  {c.name:<16} {'up  ' if c.up else 'DOWN'} {c.fps:6.1f} fps  frames={c.frames_inferred} "
+            f"dropped={c.frames_dropped} last={age}  model={c.model}  source={c.source}"
+        )

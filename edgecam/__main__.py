@@ -1,0 +1,5 @@
+"""`python -m edgecam` is the `edgecam` command."""
+
+from edgecam.cli import main
+
+main()

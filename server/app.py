@@ -1,0 +1,116 @@
+"""Assemble a running server from settings: models, cameras, metrics endpoint, gRPC endpoint."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc
+from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
+from edgecam.server.errors import ModelLoadError
+from edgecam.server.grpc.servicer import CameraServicer, InferenceServicer
+from edgecam.server.metrics import EdgecamMetrics
+from edgecam.server.pipeline import CameraPipeline
+from edgecam.server.runtime import load_model
+from edgecam.server.runtime.base import LoadedModel
+from edgecam.server.service import EdgeService
+from edgecam.server.settings import CameraConfig, ServerSettings
+from edgecam.server.sources import parse_source
+
+log = logging.getLogger(__name__)
+
+
+class EdgecamServer:
+    """One camera server. `start()` binds both ports; `stop()` ends streams and releases them."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = EdgecamMetrics(self.registry)
+        models = self._load_models()
+        cameras = {c.name: self._camera(c, models) for c in settings.cameras}
+        self.metrics.watch_models(lambda: list(models.values()))
+        self.service = EdgeService(models, cameras, self.metrics)
+        self._health = health.HealthServicer()
+        self._grpc: grpc.Server | None = None
+        self._http: Any = None
+        self._stopped = threading.Event()
+        self.grpc_port = 0
+        self.metrics_port = 0
+
+    def _load_models(self) -> dict[str, LoadedModel]:
+        if not self.settings.models:
+            raise ModelLoadError("no model given; pass --model PATH (an artifact directory or an .onnx file)")
+        models: dict[str, LoadedModel] = {}
+        for config in self.settings.models:
+            try:
+                model = load_model(config.path, name=config.name, version=config.version)
+            except Exception as exc:  # any loader failure is refused with the reason, never half-loaded
+                raise ModelLoadError(f"cannot load model {config.path}: {exc}") from exc
+            if model.name in models:
+                raise ModelLoadError(f"two models are named {model.name!r}; give one --model NAME=PATH")
+            log.info(
+                "loaded model %s v%s (%s) from %s", model.name, model.version, model.platform, config.path
+            )
+            models[model.name] = model
+        return models
+
+    def _camera(self, config: CameraConfig, models: dict[str, LoadedModel]) -> CameraPipeline:
+        if config.model is None:
+            if len(models) != 1:
+                raise ModelLoadError(f"camera {config.name!r} must name its model (one of {sorted(models)})")
+            model = next(iter(models.values()))
+        elif config.model in models:
+            model = models[config.model]
+        else:
+            raise ModelLoadError(
+                f"camera {config.name!r} uses unknown model {config.model!r}; have {sorted(models)}"
+            )
+        return CameraPipeline(config.name, parse_source(config.source), model, self.metrics)
+
+    def start(self) -> None:
+        s = self.settings
+        self._http, _ = start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
+        self.metrics_port = self._http.server_port
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+        ]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.workers), options=options)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), server)
+        v1_grpc.add_CameraServiceServicer_to_server(CameraServicer(self.service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.grpc_port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {s.grpc_host}:{s.grpc_port} (in use?)")
+        self.service.start()
+        server.start()
+        self._grpc = server
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving gRPC on %s:%d, metrics on http://%s:%d/metrics",
+            s.grpc_host,
+            self.grpc_port,
+            s.metrics_host,
+            self.metrics_port,
+        )
+
+    def stop(self) -> None:
+        """Refuse new work, end streams with a status, let in-flight calls finish, release ports."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._health.enter_graceful_shutdown()
+        self.service.stop()
+        if self._grpc is not None:
+            self._grpc.stop(self.settings.shutdown_grace_seconds).wait()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("server stopped")

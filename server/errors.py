@@ -1,0 +1,39 @@
+"""Server errors. Each carries the status it maps to; server/grpc/status.py is the one place that maps."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    INTERNAL = "INTERNAL"
+
+
+class ServerError(Exception):
+    status = Status.INTERNAL
+
+
+class InvalidArgument(ServerError):
+    """The request is malformed: the message names the field, what came and what was expected."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class NotFound(ServerError):
+    status = Status.NOT_FOUND
+
+
+class Unavailable(ServerError):
+    """The server is shutting down or the thing asked for is not ready yet."""
+
+    status = Status.UNAVAILABLE
+
+
+class ModelLoadError(ServerError):
+    """A model could not be loaded; the message names the check that failed."""
+
+    status = Status.FAILED_PRECONDITION

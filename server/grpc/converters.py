@@ -1,0 +1,134 @@
+"""Protobuf ⇄ domain objects. No rules live here beyond the wire format itself."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecam.proto.inference import grpc_service_pb2 as oip
+from edgecam.proto.v1 import cameras_pb2 as v1
+from edgecam.server.errors import InvalidArgument
+from edgecam.server.pipeline import CameraStatus, Prediction
+from edgecam.server.runtime.base import LoadedModel
+from edgecam.server.service import InferRequest, InferResponse, Tensor, decode_tensor
+
+# Which InferTensorContents field carries which datatype (FP16 has none: it must come raw).
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def infer_request(request: oip.ModelInferRequest) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input, in order"
+        )
+    tensors = [
+        decode_tensor(t.name, t.datatype, list(t.shape), raw[i]) if raw else _typed_tensor(t)
+        for i, t in enumerate(request.inputs)
+    ]
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=tensors,
+        requested_outputs=[o.name for o in request.outputs],
+    )
+
+
+def _typed_tensor(t: oip.ModelInferRequest.InferInputTensor) -> Tensor:
+    field = _TYPED_FIELD.get(t.datatype)
+    if field is None:
+        raise InvalidArgument(
+            f"input {t.name!r}: datatype {t.datatype!r} cannot be sent in typed contents; "
+            f"use raw_input_contents (typed: {sorted(_TYPED_FIELD)})"
+        )
+    from edgecam.datatypes import to_numpy
+
+    array = np.asarray(getattr(t.contents, field), dtype=to_numpy(t.datatype))
+    shape = [int(d) for d in t.shape]
+    needed = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(d < 0 for d in shape) or array.size != needed:
+        raise InvalidArgument(
+            f"input {t.name!r}: {array.size} values in contents.{field}, but shape {shape} needs {needed}"
+        )
+    return Tensor(t.name, t.datatype, tuple(shape), array.reshape(shape))
+
+
+def infer_response(response: InferResponse) -> oip.ModelInferResponse:
+    message = oip.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+        little = tensor.data.astype(tensor.data.dtype.newbyteorder("<"), copy=False)
+        message.raw_output_contents.append(np.ascontiguousarray(little).tobytes())
+    return message
+
+
+def model_metadata(model: LoadedModel) -> oip.ModelMetadataResponse:
+    def meta(spec: object) -> oip.ModelMetadataResponse.TensorMetadata:
+        return oip.ModelMetadataResponse.TensorMetadata(
+            name=spec.name,
+            datatype=spec.datatype,
+            shape=list(spec.shape),  # type: ignore[attr-defined]
+        )
+
+    return oip.ModelMetadataResponse(
+        name=model.name,
+        versions=[model.version],
+        platform=model.platform,
+        inputs=[meta(s) for s in model.inputs],
+        outputs=[meta(s) for s in model.outputs],
+    )
+
+
+def model_info(model: LoadedModel) -> v1.ModelInfo:
+    return v1.ModelInfo(
+        name=model.name,
+        version=model.version,
+        platform=model.platform,
+        preprocessing_json=model.preprocessing.model_dump_json(),
+        postprocessing_json=model.postprocessing.model_dump_json(),
+        labels=model.labels,
+    )
+
+
+def prediction(p: Prediction, top_k: int = 0) -> v1.Prediction:
+    ranked = p.top_k[:top_k] if top_k else p.top_k
+    return v1.Prediction(
+        camera=p.camera,
+        frame_index=p.frame_index,
+        capture_time=p.captured_at,
+        inference_time=p.inferred_at,
+        top_k=[v1.LabelScore(index=r.index, label=r.label, score=r.score) for r in ranked],
+        latency=[v1.StageLatency(stage=k, seconds=v) for k, v in p.latency.items()],
+        model_name=p.model_name,
+        model_version=p.model_version,
+        has_label=p.label is not None,
+        label_index=p.label or 0,
+    )
+
+
+def camera_status(s: CameraStatus) -> v1.CameraStatus:
+    return v1.CameraStatus(
+        name=s.name,
+        source=s.source,
+        up=s.up,
+        model_name=s.model_name,
+        model_version=s.model_version,
+        frames_inferred=s.frames_inferred,
+        frames_dropped=s.frames_dropped,
+        fps=s.fps,
+        last_frame_age_seconds=s.last_frame_age_seconds if s.last_frame_age_seconds is not None else -1.0,
+    )

@@ -1,0 +1,181 @@
+"""THE metric catalog: every metric the server exports is declared here, on an injected registry.
+
+Conventions (DESIGN.md): prefix `edgecam_`, base units, counters end in `_total`, bounded labels.
+Values that only mean something at scrape time (frame age, fps, model memory) come from callbacks
+that a Collector calls when Prometheus scrapes, so no thread polls them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from edgecam import __version__
+from edgecam.server.runtime.base import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Camera-scale latencies: a 1 ms classifier up to a 1 s detector on a small ARM core.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+STAGES = ("capture", "preprocess", "infer", "postprocess", "total")
+
+
+class CameraSnapshot(Protocol):
+    """What the scrape-time collector reads from a camera pipeline (pipeline.CameraStatus has it)."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def fps(self) -> float: ...
+    @property
+    def last_frame_age_seconds(self) -> float | None: ...
+    @property
+    def online_accuracy(self) -> float | None: ...
+    @property
+    def subscribers(self) -> int: ...
+
+
+class EdgecamMetrics:
+    """All edgecam metrics on one registry (a fresh registry per test, the global one never)."""
+
+    def __init__(self, registry: CollectorRegistry, process: bool = True) -> None:
+        self.registry = registry
+        r = registry
+        self.stage_latency = Histogram(
+            "edgecam_stage_latency_seconds", "Per-frame latency of each pipeline stage "
+            "(capture: frame age when inference starts; total: capture to prediction).",
+            ["camera", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.frames = Counter("edgecam_frames", "Frames inferred.", ["camera"], registry=r)
+        self.frames_dropped = Counter(
+            "edgecam_frames_dropped", "Frames captured but never inferred (superseded: a newer frame "
+            "replaced it; infer_failed: the model raised).", ["camera", "reason"], registry=r)
+        self.frames_captured = Counter("edgecam_frames_captured", "Frames read from the source.",
+                                       ["camera"], registry=r)
+        self.reconnects = Counter("edgecam_camera_reconnects", "Attempts to reopen a camera source.",
+                                  ["camera"], registry=r)
+        self.camera_errors = Counter("edgecam_camera_errors", "Camera source failures "
+                                     "(open_failed, read_failed, stalled).", ["camera", "reason"], registry=r)
+        self.predictions_labelled = Counter("edgecam_predictions_labelled", "Predictions of frames with "
+                                            "a ground-truth label.", ["camera"], registry=r)
+        self.predictions_correct = Counter("edgecam_predictions_correct", "Labelled predictions whose "
+                                           "top-1 class was right.", ["camera"], registry=r)
+        self.stream_dropped = Counter(
+            "edgecam_stream_predictions_dropped", "Predictions a slow stream subscriber lost (oldest "
+            "dropped from its queue).", ["camera"], registry=r)
+        self.requests = Counter("edgecam_requests", "Direct ModelInfer requests by result code.",
+                                ["model", "code"], registry=r)
+        self.request_latency = Histogram("edgecam_request_latency_seconds", "ModelInfer request latency.",
+                                         ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        build = Gauge("edgecam_build_info", "edgecam version of this server (always 1).", ["version"],
+                      registry=r)
+        build.labels(version=__version__).set(1)
+        self._cameras: dict[str, Callable[[], CameraSnapshot]] = {}
+        self._models: Callable[[], Iterable[LoadedModel]] = list
+        self._lock = threading.Lock()
+        registry.register(_ScrapeTimeCollector(self))
+        if process:
+            ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+
+    # -- what pipelines and the service call ---------------------------------------------------
+    def watch_camera(self, camera: str, snapshot: Callable[[], CameraSnapshot]) -> None:
+        """Export `camera`'s scrape-time gauges from `snapshot()` until unwatch_camera."""
+        with self._lock:
+            self._cameras[camera] = snapshot
+        for counter in (self.frames, self.frames_captured, self.reconnects, self.predictions_labelled,
+                        self.predictions_correct, self.stream_dropped):
+            counter.labels(camera=camera)  # export 0 from the start, so rate() sees the first increase
+        self.frames_dropped.labels(camera=camera, reason="superseded")
+
+    def unwatch_camera(self, camera: str) -> None:
+        with self._lock:
+            self._cameras.pop(camera, None)
+
+    def watch_models(self, models: Callable[[], Iterable[LoadedModel]]) -> None:
+        """Export edgecam_model_memory_bytes of whatever `models()` returns at scrape time."""
+        self._models = models
+
+    def observe_stages(self, camera: str, latency: dict[str, float]) -> None:
+        for stage, seconds in latency.items():
+            self.stage_latency.labels(camera=camera, stage=stage).observe(seconds)
+
+    def observe_request(self, model: str, code: str, seconds: float) -> None:
+        self.requests.labels(model=model, code=code).inc()
+        self.request_latency.labels(model=model).observe(seconds)
+
+    def observe_prediction(self, camera: str, label: int | None, top1: int | None) -> None:
+        self.frames.labels(camera=camera).inc()
+        if label is not None:
+            self.predictions_labelled.labels(camera=camera).inc()
+            if top1 == label:
+                self.predictions_correct.labels(camera=camera).inc()
+
+    # -- what the collector reads ---------------------------------------------------------------
+    def _camera_snapshots(self) -> Iterator[tuple[str, CameraSnapshot]]:
+        with self._lock:
+            cameras = list(self._cameras.items())
+        for name, snapshot in cameras:
+            try:
+                yield name, snapshot()
+            except Exception:  # a broken callback must not break the whole scrape
+                log.exception("camera %s: status callback failed during scrape", name)
+
+
+class _ScrapeTimeCollector:
+    """Gauges computed when Prometheus scrapes, from camera snapshots and the loaded models."""
+
+    def __init__(self, metrics: EdgecamMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        self._fill_cameras(*families[:5])
+        self._fill_models(families[5])
+        return iter(families)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        cam = ["camera"]
+        return (
+            GaugeMetricFamily("edgecam_camera_up", "1 while the camera source is open and delivering.",
+                              labels=cam),
+            GaugeMetricFamily("edgecam_camera_fps", "Frames inferred per second over the last few seconds.",
+                              labels=cam),
+            GaugeMetricFamily("edgecam_camera_last_frame_age_seconds", "Seconds since the last frame was "
+                              "captured (absent before the first frame).", labels=cam),
+            GaugeMetricFamily("edgecam_online_accuracy_ratio", "Top-1 accuracy over labelled frames since "
+                              "start (absent without labelled frames).", labels=cam),
+            GaugeMetricFamily("edgecam_stream_subscribers", "Open prediction streams.", labels=cam),
+            GaugeMetricFamily("edgecam_model_memory_bytes", "Memory a loaded model holds (weights, code).",
+                              labels=["model", "version"]),
+        )
+
+    def _fill_cameras(self, up: GaugeMetricFamily, fps: GaugeMetricFamily, age: GaugeMetricFamily,
+                      accuracy: GaugeMetricFamily, subscribers: GaugeMetricFamily) -> None:
+        for name, snap in self._metrics._camera_snapshots():
+            up.add_metric([name], 1.0 if snap.up else 0.0)
+            fps.add_metric([name], snap.fps)
+            if snap.last_frame_age_seconds is not None:
+                age.add_metric([name], snap.last_frame_age_seconds)
+            if snap.online_accuracy is not None:
+                accuracy.add_metric([name], snap.online_accuracy)
+            subscribers.add_metric([name], snap.subscribers)
+
+    def _fill_models(self, memory: GaugeMetricFamily) -> None:
+        try:
+            models = list(self._metrics._models())
+        except Exception:
+            log.exception("model registry callback failed during scrape")
+            return
+        for model in models:
+            try:
+                memory.add_metric([model.name, model.version], model.runtime.memory_bytes())
+            except Exception:
+                log.exception("model %s: memory_bytes() failed during scrape", model.name)

@@ -1,0 +1,97 @@
+"""Load a model for serving: an artifact directory (verified first) or a plain .onnx file.
+
+Nothing heavy is imported here; tvm and onnxruntime are imported by the runtime that needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecam.compiler.artifact import Artifact, ArtifactError, TensorSpec, load_artifact
+from edgecam.server.errors import ModelLoadError
+from edgecam.server.runtime.base import LoadedModel, Runtime
+
+__all__ = ["ArtifactError", "LoadedModel", "ModelLoadError", "Runtime", "load_model"]
+
+
+def load_model(
+    path: Path, name: str | None = None, version: str = "1", intra_op_threads: int = 0
+) -> LoadedModel:
+    """Load `path` and describe it for the server.
+
+    Raises ArtifactError (naming the failed check) for a bad artifact, ModelLoadError otherwise.
+    `intra_op_threads` applies to onnxruntime models (0: onnxruntime's default, every core).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _from_artifact(load_artifact(path), name, version, intra_op_threads)
+    if not path.exists():
+        raise ModelLoadError(f"model path {path} does not exist")
+    if path.suffix.lower() == ".onnx":
+        return _from_onnx(path, name, version, intra_op_threads)
+    raise ModelLoadError(f"{path} is neither an artifact directory (with manifest.json) nor an .onnx file")
+
+
+def _from_artifact(artifact: Artifact, name: str | None, version: str, threads: int) -> LoadedModel:
+    manifest = artifact.manifest
+    runtime: Runtime
+    if manifest.runtime == "tvm":
+        from edgecam.server.runtime.tvm import TvmRuntime
+
+        runtime = TvmRuntime(artifact)
+        platform = f"tvm_{manifest.target.name}"
+    else:
+        from edgecam.server.runtime.onnxruntime import OnnxRuntime
+
+        ort_runtime = OnnxRuntime(artifact.library_path, threads)
+        _check_specs(artifact.library_path, "input", ort_runtime.inputs, manifest.inputs)
+        _check_specs(artifact.library_path, "output", ort_runtime.outputs, manifest.outputs)
+        runtime = ort_runtime
+        platform = "onnxruntime_onnx"
+    return LoadedModel(
+        name=name or manifest.model_name,
+        version=version,
+        platform=platform,
+        runtime=runtime,
+        inputs=list(manifest.inputs),
+        outputs=list(manifest.outputs),
+        preprocessing=manifest.preprocessing,
+        postprocessing=manifest.postprocessing,
+        labels=list(manifest.labels),
+        manifest=manifest,
+    )
+
+
+def _from_onnx(path: Path, name: str | None, version: str, threads: int) -> LoadedModel:
+    from edgecam.server.runtime.onnxruntime import OnnxRuntime, describe_onnx
+
+    runtime = OnnxRuntime(path, threads)
+    meta_name, pre, post, labels = describe_onnx(runtime)
+    return LoadedModel(
+        name=name or meta_name or path.stem,
+        version=version,
+        platform="onnxruntime_onnx",
+        runtime=runtime,
+        inputs=runtime.inputs,
+        outputs=runtime.outputs,
+        preprocessing=pre,
+        postprocessing=post,
+        labels=labels,
+    )
+
+
+def _check_specs(file: Path, kind: str, actual: list[TensorSpec], expected: list[TensorSpec]) -> None:
+    """The model file must have the manifest's tensors: same names, datatypes and fixed dimensions."""
+    got = [(s.name, s.datatype, len(s.shape)) for s in actual]
+    want = [(s.name, s.datatype, len(s.shape)) for s in expected]
+    dims_ok = all(
+        a in (-1, e) or e == -1
+        for sa, se in zip(actual, expected, strict=False)
+        for a, e in zip(sa.shape, se.shape, strict=False)
+    )
+    if got != want or not dims_ok:
+        raise ArtifactError(
+            kind + "s",
+            f"{file} has {kind}s {[(s.name, s.datatype, s.shape) for s in actual]}; the manifest says "
+            f"{[(s.name, s.datatype, s.shape) for s in expected]}",
+        )

@@ -1,0 +1,196 @@
+"""Runtime for TVM artifacts: the Relax VM over a library exported with `export_library`.
+
+Only the TVM *runtime* is used here (`TVM_USE_RUNTIME_LIB=1`), which is all a camera installs.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgecam.compiler.artifact import Artifact
+from edgecam.datatypes import to_numpy
+from edgecam.server.errors import ModelLoadError
+
+_IMPORT_LOCK = threading.Lock()
+# Artifact files that hold weights next to the library (the compiler may keep params outside the .so).
+_PARAM_SUFFIXES = (".params", ".bin", ".npz")
+
+
+def import_tvm_runtime() -> ModuleType:
+    """`import tvm` with only the runtime library loaded, without dragging torch in.
+
+    If tvm is already imported (a process that also compiled), that module is used as it is:
+    the environment variable only matters before the first import.
+    """
+    with _IMPORT_LOCK:
+        if "tvm" in sys.modules:
+            import tvm
+            import tvm.runtime.vm  # `import tvm` does not import the VM submodule
+
+            return tvm
+        # Read once, while tvm loads its library. Restored afterwards so that child processes
+        # (an `edgecam compile` started from the same process, tests) still get the full TVM.
+        previous = os.environ.get("TVM_USE_RUNTIME_LIB")
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+        # tvm_ffi does `try: import torch` at import time to support DLPack exchange with it. On a
+        # camera torch is absent; in a dev venv it would cost ~1 s and hundreds of MB RSS in the
+        # server for nothing. A None entry in sys.modules makes that import raise ImportError.
+        blocked = "torch" not in sys.modules
+        if blocked:
+            sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            import tvm
+            import tvm.runtime.vm
+        finally:
+            if blocked and sys.modules.get("torch", 0) is None:
+                del sys.modules["torch"]
+            if previous is None:
+                del os.environ["TVM_USE_RUNTIME_LIB"]
+            else:
+                os.environ["TVM_USE_RUNTIME_LIB"] = previous
+        return tvm
+
+
+class TvmRuntime:
+    """One Relax VirtualMachine per model; `run` is serialised because the VM is not thread-safe."""
+
+    name = "tvm"
+
+    def __init__(self, artifact: Artifact, entry: str = "main") -> None:
+        manifest = artifact.manifest
+        if manifest.target.device != "cpu":
+            raise ModelLoadError(
+                f"artifact {artifact.path} targets device {manifest.target.device!r}; "
+                "this server runs TVM artifacts on the CPU only"
+            )
+        self._tvm = import_tvm_runtime()
+        self._library = artifact.library_path
+        self._inputs = list(manifest.inputs)
+        self._outputs = list(manifest.outputs)
+        self._lock = threading.Lock()
+        self._device = self._tvm.cpu()
+        self._vm = self._load_vm(self._library)
+        try:
+            self._main = self._vm[entry]
+        except Exception as exc:  # tvm raises its own error types for a missing function
+            raise ModelLoadError(f"{self._library} has no function {entry!r}: {exc}") from exc
+        self._memory = self._library.stat().st_size + _param_bytes(artifact)
+        self._verify()
+
+    def _load_vm(self, library: Path) -> Any:
+        tvm = self._tvm
+        check_elf(library)
+        try:
+            lib = tvm.runtime.load_module(str(library))
+        except Exception as exc:  # a truncated/corrupt .so surfaces as tvm InternalError or ValueError
+            raise ModelLoadError(f"cannot load TVM library {library}: {_last_line(exc)}") from exc
+        try:
+            return tvm.runtime.vm.VirtualMachine(lib, self._device)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{library} is not a TVM Relax VM executable (exported with export_library?): "
+                f"{_last_line(exc)}"
+            ) from exc
+
+    def _verify(self) -> None:
+        """One run on zeros: proves the library executes and that it matches the manifest's shapes."""
+        feeds = {
+            spec.name: np.zeros([max(d, 1) for d in spec.shape], dtype=to_numpy(spec.datatype))
+            for spec in self._inputs
+        }
+        try:
+            outputs = self.run(feeds)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{self._library} does not run with the manifest's inputs "
+                f"{[(s.name, s.shape) for s in self._inputs]}: {_last_line(exc)}"
+            ) from exc
+        for spec in self._outputs:
+            got = list(outputs[spec.name].shape)
+            fits = len(got) == len(spec.shape) and all(
+                e in (-1, g) for g, e in zip(got, spec.shape, strict=True)
+            )
+            if not fits:
+                raise ModelLoadError(
+                    f"{self._library} output {spec.name!r} has shape {got}; the manifest says {spec.shape}"
+                )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensor = self._tvm.runtime.tensor
+        args = [tensor(np.ascontiguousarray(inputs[s.name]), self._device) for s in self._inputs]
+        with self._lock:
+            result = self._main(*args)
+            values = _flatten(result)
+        if len(values) != len(self._outputs):
+            raise RuntimeError(
+                f"{self._library} returned {len(values)} outputs; the manifest lists {len(self._outputs)}"
+            )
+        return {spec.name: value for spec, value in zip(self._outputs, values, strict=True)}
+
+    def memory_bytes(self) -> int:
+        return self._memory
+
+
+def _flatten(result: Any) -> list[np.ndarray]:
+    """VM results are a tensor or a (nested) tuple of tensors; copy them out as numpy arrays."""
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    if isinstance(result, (list, tuple)) or hasattr(result, "__len__"):
+        return [array for item in result for array in _flatten(item)]
+    raise TypeError(f"unexpected VM result of type {type(result).__name__}")
+
+
+def check_elf(path: Path) -> None:
+    """Refuse a truncated shared library before dlopen: mapping past its end kills us with SIGBUS.
+
+    The artifact's sha256 check catches corruption after compile; this catches a library that
+    was already cut short when it was hashed (a full disk during export, a partial copy).
+    """
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        raise ModelLoadError(f"TVM library {path} is not an ELF shared library")
+    bits64, little = data[4] == 2, data[5] == 1
+    order = "<" if little else ">"
+    if bits64:
+        phoff, shoff = struct.unpack_from(order + "QQ", data, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 0x36)
+    else:
+        phoff, shoff = struct.unpack_from(order + "II", data, 0x1C)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 0x2A)
+    ends = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+    for i in range(phnum):
+        entry = phoff + i * phentsize
+        if entry + phentsize > len(data):
+            break  # reported below through `ends`
+        if bits64:
+            offset, filesz = struct.unpack_from(order + "8xQ16xQ", data, entry)
+        else:
+            offset, filesz = struct.unpack_from(order + "4xI8xI", data, entry)
+        ends.append(offset + filesz)
+    if max(ends) > len(data):
+        raise ModelLoadError(
+            f"TVM library {path} is truncated: {len(data)} bytes, its headers need {max(ends)}; "
+            "re-export or re-copy the artifact"
+        )
+
+
+def _param_bytes(artifact: Artifact) -> int:
+    return sum(
+        (artifact.path / name).stat().st_size
+        for name in artifact.manifest.files
+        if name != artifact.manifest.library and name.endswith(_PARAM_SUFFIXES)
+    )
+
+
+def _last_line(exc: BaseException) -> str:
+    """TVM errors carry a C++ backtrace; the last line is the message an operator needs."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

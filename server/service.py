@@ -1,0 +1,210 @@
+"""The transport-agnostic core: models, cameras, inference and prediction streams.
+
+The gRPC servicers are thin translations onto this class, so every rule about what a valid
+request is lives here once, whatever protocol carried it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecam import __version__
+from edgecam.datatypes import to_numpy
+from edgecam.server.errors import InvalidArgument, NotFound, Unavailable
+from edgecam.server.metrics import EdgecamMetrics
+from edgecam.server.pipeline import CameraPipeline, Prediction
+from edgecam.server.runtime.base import LoadedModel
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "edgecam"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model_name: str
+    model_version: str
+    id: str
+    inputs: Sequence[Tensor]
+    requested_outputs: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: Sequence[Tensor]
+
+
+class EdgeService:
+    """Owns the loaded models and the camera pipelines for the life of the server."""
+
+    def __init__(
+        self,
+        models: Mapping[str, LoadedModel],
+        cameras: Mapping[str, CameraPipeline],
+        metrics: EdgecamMetrics,
+    ) -> None:
+        self._models = dict(models)
+        self._cameras = dict(cameras)
+        self._metrics = metrics
+        self._stopping = threading.Event()
+
+    # -- health -------------------------------------------------------------------------------
+    def live(self) -> bool:
+        return not self._stopping.is_set()
+
+    def ready(self) -> bool:
+        return self.live() and bool(self._models)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.model(name, version)
+        except NotFound:
+            return False
+        return self.live()
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return SERVER_NAME, __version__, ["edgecam_cameras", "model_metadata"]
+
+    # -- models -------------------------------------------------------------------------------
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        found = self._models.get(name)
+        if found is None:
+            raise NotFound(f"unknown model {name!r}; this server serves {sorted(self._models)}")
+        if version and version != found.version:
+            raise NotFound(f"model {name!r} has no version {version!r}; loaded version is {found.version!r}")
+        return found
+
+    def models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        if self._stopping.is_set():
+            raise Unavailable("server is shutting down")
+        model = self.model(request.model_name, request.model_version)
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            feeds = _validated_inputs(model, request.inputs)
+            wanted = _validated_outputs(model, request.requested_outputs)
+            results = model.runtime.run(feeds)
+            outputs = [_as_tensor(spec_name, results[spec_name]) for spec_name in wanted]
+        except InvalidArgument:
+            code = "INVALID_ARGUMENT"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self._metrics.observe_request(model.name, code, time.perf_counter() - start)
+        return InferResponse(model.name, model.version, request.id, outputs)
+
+    # -- cameras ------------------------------------------------------------------------------
+    def cameras(self) -> list[CameraPipeline]:
+        return list(self._cameras.values())
+
+    def camera(self, name: str) -> CameraPipeline:
+        found = self._cameras.get(name)
+        if found is None:
+            raise NotFound(f"unknown camera {name!r}; this server has cameras {sorted(self._cameras)}")
+        return found
+
+    def stream_predictions(self, camera: str, should_continue: Callable[[], bool]) -> Iterator[Prediction]:
+        """Predictions of one camera until the caller goes away or the server stops."""
+        pipeline = self.camera(camera)
+        if self._stopping.is_set():
+            raise Unavailable("server is shutting down")
+        with pipeline.subscribe() as subscription:
+            while should_continue() and not self._stopping.is_set():
+                prediction = subscription.get(timeout=0.5)
+                if prediction is not None:
+                    yield prediction
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        for pipeline in self._cameras.values():
+            pipeline.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new work, end prediction streams, stop the cameras."""
+        self._stopping.set()
+        for pipeline in self._cameras.values():
+            pipeline.stop(timeout)
+
+
+def _validated_inputs(model: LoadedModel, inputs: Sequence[Tensor]) -> dict[str, np.ndarray]:
+    expected = {spec.name: spec for spec in model.inputs}
+    names = [tensor.name for tensor in inputs]
+    if sorted(names) != sorted(expected):
+        raise InvalidArgument(
+            f"model {model.name!r} expects inputs {sorted(expected)}, the request has {names}"
+        )
+    feeds = {}
+    for tensor in inputs:
+        spec = expected[tensor.name]
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgument(
+                f"input {tensor.name!r} has datatype {tensor.datatype}; model {model.name!r} expects "
+                f"{spec.datatype}"
+            )
+        if not _shape_matches(tensor.shape, spec.shape):
+            raise InvalidArgument(
+                f"input {tensor.name!r} has shape {list(tensor.shape)}; model {model.name!r} expects "
+                f"{spec.shape} (-1: any size)"
+            )
+        feeds[tensor.name] = tensor.data
+    return feeds
+
+
+def _shape_matches(shape: Sequence[int], expected: Sequence[int]) -> bool:
+    return len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected, strict=True))
+
+
+def _validated_outputs(model: LoadedModel, requested: Sequence[str]) -> list[str]:
+    available = [spec.name for spec in model.outputs]
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise InvalidArgument(f"model {model.name!r} has no output {unknown}; its outputs are {available}")
+    return list(requested) or available
+
+
+def _as_tensor(name: str, value: np.ndarray) -> Tensor:
+    from edgecam.datatypes import from_numpy
+
+    array = np.ascontiguousarray(value)
+    return Tensor(name, from_numpy(array.dtype), tuple(int(d) for d in array.shape), array)
+
+
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
+    """Build a tensor from raw little-endian bytes, checking the byte size against the shape."""
+    try:
+        dtype = to_numpy(datatype)
+    except ValueError as exc:
+        raise InvalidArgument(f"input {name!r}: {exc}") from None
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input {name!r}: {len(raw)} bytes of raw contents, but {datatype} with shape {list(shape)} "
+            f"needs {expected}"
+        )
+    data = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    return Tensor(name, datatype, tuple(int(d) for d in shape), data)
