@@ -16,6 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edgecam.client.client import EdgecamClient, Prediction
 from edgecam.server.launcher import launch
 
 console = Console(stderr=True)
@@ -55,10 +56,8 @@ def cached_artifact(workdir: Path) -> Path:
     return out
 
 
-def stream(grpc_addr: str, frames: int) -> tuple[list, float]:  # type: ignore[type-arg]
-    from edgecam.client.client import EdgecamClient
-
-    predictions = []
+def stream(grpc_addr: str, frames: int) -> tuple[list[Prediction], float]:
+    predictions: list[Prediction] = []
     with EdgecamClient(grpc_addr) as client:
         client.wait_ready()
         start = time.perf_counter()
@@ -71,7 +70,7 @@ def stream(grpc_addr: str, frames: int) -> tuple[list, float]:  # type: ignore[t
     return predictions, elapsed
 
 
-def summarize(predictions: list, seconds: float, metrics_text: str) -> DemoResult:  # type: ignore[type-arg]
+def summarize(predictions: list[Prediction], seconds: float, metrics_text: str) -> DemoResult:
     latency = {}
     for stage in ("capture", "preprocess", "infer", "postprocess", "total"):
         values = [1000 * p.latency[stage] for p in predictions if stage in p.latency]

@@ -38,7 +38,7 @@ def preprocess(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
         image = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
         if image.ndim == 2:
             image = image[:, :, None]
-    x = image.astype(np.float32) * np.float32(spec.scale)
+    x: np.ndarray = image.astype(np.float32) * np.float32(spec.scale)
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     if spec.layout == "NCHW":
         x = x.transpose(2, 0, 1)

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -37,7 +38,7 @@ def serve(
 ) -> None:
     """Serve models over gRPC (KServe v2 + edgecam.v1) and stream camera predictions."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {
+    overrides: dict[str, Any] = {
         key: value
         for key, value in {
             "grpc_host": grpc_host,

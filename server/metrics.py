@@ -47,32 +47,64 @@ class EdgecamMetrics:
         self.registry = registry
         r = registry
         self.stage_latency = Histogram(
-            "edgecam_stage_latency_seconds", "Per-frame latency of each pipeline stage "
+            "edgecam_stage_latency_seconds",
+            "Per-frame latency of each pipeline stage "
             "(capture: frame age when inference starts; total: capture to prediction).",
-            ["camera", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+            ["camera", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.frames = Counter("edgecam_frames", "Frames inferred.", ["camera"], registry=r)
         self.frames_dropped = Counter(
-            "edgecam_frames_dropped", "Frames captured but never inferred (superseded: a newer frame "
-            "replaced it; infer_failed: the model raised).", ["camera", "reason"], registry=r)
-        self.frames_captured = Counter("edgecam_frames_captured", "Frames read from the source.",
-                                       ["camera"], registry=r)
-        self.reconnects = Counter("edgecam_camera_reconnects", "Attempts to reopen a camera source.",
-                                  ["camera"], registry=r)
-        self.camera_errors = Counter("edgecam_camera_errors", "Camera source failures "
-                                     "(open_failed, read_failed, stalled).", ["camera", "reason"], registry=r)
-        self.predictions_labelled = Counter("edgecam_predictions_labelled", "Predictions of frames with "
-                                            "a ground-truth label.", ["camera"], registry=r)
-        self.predictions_correct = Counter("edgecam_predictions_correct", "Labelled predictions whose "
-                                           "top-1 class was right.", ["camera"], registry=r)
+            "edgecam_frames_dropped",
+            "Frames captured but never inferred (superseded: a newer frame "
+            "replaced it; infer_failed: the model raised).",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.frames_captured = Counter(
+            "edgecam_frames_captured", "Frames read from the source.", ["camera"], registry=r
+        )
+        self.reconnects = Counter(
+            "edgecam_camera_reconnects", "Attempts to reopen a camera source.", ["camera"], registry=r
+        )
+        self.camera_errors = Counter(
+            "edgecam_camera_errors",
+            "Camera source failures (open_failed, read_failed, stalled).",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.predictions_labelled = Counter(
+            "edgecam_predictions_labelled",
+            "Predictions of frames with a ground-truth label.",
+            ["camera"],
+            registry=r,
+        )
+        self.predictions_correct = Counter(
+            "edgecam_predictions_correct",
+            "Labelled predictions whose top-1 class was right.",
+            ["camera"],
+            registry=r,
+        )
         self.stream_dropped = Counter(
-            "edgecam_stream_predictions_dropped", "Predictions a slow stream subscriber lost (oldest "
-            "dropped from its queue).", ["camera"], registry=r)
-        self.requests = Counter("edgecam_requests", "Direct ModelInfer requests by result code.",
-                                ["model", "code"], registry=r)
-        self.request_latency = Histogram("edgecam_request_latency_seconds", "ModelInfer request latency.",
-                                         ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        build = Gauge("edgecam_build_info", "edgecam version of this server (always 1).", ["version"],
-                      registry=r)
+            "edgecam_stream_predictions_dropped",
+            "Predictions a slow stream subscriber lost (oldest dropped from its queue).",
+            ["camera"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "edgecam_requests", "Direct ModelInfer requests by result code.", ["model", "code"], registry=r
+        )
+        self.request_latency = Histogram(
+            "edgecam_request_latency_seconds",
+            "ModelInfer request latency.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        build = Gauge(
+            "edgecam_build_info", "edgecam version of this server (always 1).", ["version"], registry=r
+        )
         build.labels(version=__version__).set(1)
         self._cameras: dict[str, Callable[[], CameraSnapshot]] = {}
         self._models: Callable[[], Iterable[LoadedModel]] = list
@@ -86,8 +118,14 @@ class EdgecamMetrics:
         """Export `camera`'s scrape-time gauges from `snapshot()` until unwatch_camera."""
         with self._lock:
             self._cameras[camera] = snapshot
-        for counter in (self.frames, self.frames_captured, self.reconnects, self.predictions_labelled,
-                        self.predictions_correct, self.stream_dropped):
+        for counter in (
+            self.frames,
+            self.frames_captured,
+            self.reconnects,
+            self.predictions_labelled,
+            self.predictions_correct,
+            self.stream_dropped,
+        ):
             counter.labels(camera=camera)  # export 0 from the start, so rate() sees the first increase
         self.frames_dropped.labels(camera=camera, reason="superseded")
 
@@ -144,21 +182,38 @@ class _ScrapeTimeCollector:
     def _families() -> tuple[GaugeMetricFamily, ...]:
         cam = ["camera"]
         return (
-            GaugeMetricFamily("edgecam_camera_up", "1 while the camera source is open and delivering.",
-                              labels=cam),
-            GaugeMetricFamily("edgecam_camera_fps", "Frames inferred per second over the last few seconds.",
-                              labels=cam),
-            GaugeMetricFamily("edgecam_camera_last_frame_age_seconds", "Seconds since the last frame was "
-                              "captured (absent before the first frame).", labels=cam),
-            GaugeMetricFamily("edgecam_online_accuracy_ratio", "Top-1 accuracy over labelled frames since "
-                              "start (absent without labelled frames).", labels=cam),
+            GaugeMetricFamily(
+                "edgecam_camera_up", "1 while the camera source is open and delivering.", labels=cam
+            ),
+            GaugeMetricFamily(
+                "edgecam_camera_fps", "Frames inferred per second over the last few seconds.", labels=cam
+            ),
+            GaugeMetricFamily(
+                "edgecam_camera_last_frame_age_seconds",
+                "Seconds since the last frame was captured (absent before the first frame).",
+                labels=cam,
+            ),
+            GaugeMetricFamily(
+                "edgecam_online_accuracy_ratio",
+                "Top-1 accuracy over labelled frames since start (absent without labelled frames).",
+                labels=cam,
+            ),
             GaugeMetricFamily("edgecam_stream_subscribers", "Open prediction streams.", labels=cam),
-            GaugeMetricFamily("edgecam_model_memory_bytes", "Memory a loaded model holds (weights, code).",
-                              labels=["model", "version"]),
+            GaugeMetricFamily(
+                "edgecam_model_memory_bytes",
+                "Memory a loaded model holds (weights, code).",
+                labels=["model", "version"],
+            ),
         )
 
-    def _fill_cameras(self, up: GaugeMetricFamily, fps: GaugeMetricFamily, age: GaugeMetricFamily,
-                      accuracy: GaugeMetricFamily, subscribers: GaugeMetricFamily) -> None:
+    def _fill_cameras(
+        self,
+        up: GaugeMetricFamily,
+        fps: GaugeMetricFamily,
+        age: GaugeMetricFamily,
+        accuracy: GaugeMetricFamily,
+        subscribers: GaugeMetricFamily,
+    ) -> None:
         for name, snap in self._metrics._camera_snapshots():
             up.add_metric([name], 1.0 if snap.up else 0.0)
             fps.add_metric([name], snap.fps)

@@ -120,8 +120,14 @@ class Subscription:
 class CameraPipeline:
     """Capture and inference threads for one camera; `start()`, `subscribe()`, `stop()`."""
 
-    def __init__(self, name: str, source: SourceConfig | FrameSource, model: LoadedModel,
-                 metrics: EdgecamMetrics, options: PipelineOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: SourceConfig | FrameSource,
+        model: LoadedModel,
+        metrics: EdgecamMetrics,
+        options: PipelineOptions | None = None,
+    ) -> None:
         self.name = name
         self.options = options or PipelineOptions()
         self._source = source if isinstance(source, FrameSource) else create_source(source)
@@ -160,8 +166,9 @@ class CameraPipeline:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                log.warning("camera %s: thread %s did not stop within %.1f s", self.name, thread.name,
-                            timeout)
+                log.warning(
+                    "camera %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout
+                )
         self._threads = []
         for subscription in list(self._subscribers):
             subscription.close()
@@ -186,9 +193,14 @@ class CameraPipeline:
         with self._cond:
             age = None if self._last_captured_at is None else max(0.0, time.time() - self._last_captured_at)
             return CameraStatus(
-                name=self.name, source=self._source.describe(), up=self._up,
-                model_name=self._model.name, model_version=self._model.version,
-                frames_inferred=self._inferred, frames_dropped=self._dropped, fps=self._fps(),
+                name=self.name,
+                source=self._source.describe(),
+                up=self._up,
+                model_name=self._model.name,
+                model_version=self._model.version,
+                frames_inferred=self._inferred,
+                frames_dropped=self._dropped,
+                fps=self._fps(),
                 last_frame_age_seconds=age,
                 online_accuracy=self._correct / self._labelled if self._labelled else None,
                 subscribers=len(self._subscribers),
@@ -231,8 +243,11 @@ class CameraPipeline:
                 if frame is None:
                     misses += 1
                     if misses >= self.options.stall_reads:
-                        self._source_failed("stalled", f"no frame from {self._source.describe()} in "
-                                            f"{misses} reads (stalled, disconnected or ended)")
+                        self._source_failed(
+                            "stalled",
+                            f"no frame from {self._source.describe()} in "
+                            f"{misses} reads (stalled, disconnected or ended)",
+                        )
                         break
                     continue
                 delivered, misses = True, 0
@@ -291,10 +306,24 @@ class CameraPipeline:
         scores = outputs[model.postprocessing.output or model.outputs[0].name]
         ranked = top_k(scores, model.labels, model.postprocessing)
         t3 = time.perf_counter()
-        latency = {"capture": waited, "preprocess": t1 - t0, "infer": t2 - t1, "postprocess": t3 - t2,
-                   "total": waited + (t3 - t0)}
-        return Prediction(self.name, index, frame.captured_at, time.time(), ranked, latency, frame.label,
-                          model.name, model.version)
+        latency = {
+            "capture": waited,
+            "preprocess": t1 - t0,
+            "infer": t2 - t1,
+            "postprocess": t3 - t2,
+            "total": waited + (t3 - t0),
+        }
+        return Prediction(
+            self.name,
+            index,
+            frame.captured_at,
+            time.time(),
+            ranked,
+            latency,
+            frame.label,
+            model.name,
+            model.version,
+        )
 
     def _publish(self, prediction: Prediction) -> None:
         top1 = prediction.top_k[0].index if prediction.top_k else None

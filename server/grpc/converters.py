@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecam.compiler.artifact import TensorSpec
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.server.errors import InvalidArgument
@@ -77,11 +78,11 @@ def infer_response(response: InferResponse) -> oip.ModelInferResponse:
 
 
 def model_metadata(model: LoadedModel) -> oip.ModelMetadataResponse:
-    def meta(spec: object) -> oip.ModelMetadataResponse.TensorMetadata:
+    def meta(spec: TensorSpec) -> oip.ModelMetadataResponse.TensorMetadata:
         return oip.ModelMetadataResponse.TensorMetadata(
             name=spec.name,
             datatype=spec.datatype,
-            shape=list(spec.shape),  # type: ignore[attr-defined]
+            shape=list(spec.shape),
         )
 
     return oip.ModelMetadataResponse(

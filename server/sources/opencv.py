@@ -66,8 +66,10 @@ class OpenCVSource(FrameSource):
     def _open_stream(self, cv2: Any) -> Any:
         # Without these FFmpeg waits ~30 s on an unreachable host and forever on a silent one.
         params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.config.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.config.read_timeout_s * 1000),
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(self.config.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self.config.read_timeout_s * 1000),
         ]
         cap = cv2.VideoCapture(self.config.uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():

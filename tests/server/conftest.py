@@ -50,18 +50,24 @@ def build_tiny_onnx(path: Path, metadata: bool = True, probs_output: bool = Fals
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1))
         outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, NUM_CLASSES]))
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 28, 28])],
-        outputs, initializers,
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 28, 28])],
+        outputs,
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9  # what onnxruntime and TVM's frontend both read
     if metadata:
-        helper.set_model_props(model, {
-            "edgecam.model_name": "tiny",
-            "edgecam.preprocessing": json.dumps({"height": 28, "width": 28, "color": "GRAY"}),
-            "edgecam.postprocessing": json.dumps({"output": "logits", "apply_softmax": True, "top_k": 3}),
-            "edgecam.labels": json.dumps(LABELS),
-        })
+        helper.set_model_props(
+            model,
+            {
+                "edgecam.model_name": "tiny",
+                "edgecam.preprocessing": json.dumps({"height": 28, "width": 28, "color": "GRAY"}),
+                "edgecam.postprocessing": json.dumps({"output": "logits", "apply_softmax": True, "top_k": 3}),
+                "edgecam.labels": json.dumps(LABELS),
+            },
+        )
     onnx.save(model, str(path))
     return path
 

@@ -159,8 +159,9 @@ def test_slow_subscriber_loses_its_oldest_predictions(
     assert len(kept) == 3 and kept[-1].frame_index >= seen[-1].frame_index
 
 
-def test_camera_that_cannot_open_keeps_retrying(model: LoadedModel, registry: CollectorRegistry,
-                                                 metrics: EdgecamMetrics) -> None:
+def test_camera_that_cannot_open_keeps_retrying(
+    model: LoadedModel, registry: CollectorRegistry, metrics: EdgecamMetrics
+) -> None:
     pipeline = CameraPipeline("gone", OpenCVSourceConfig(uri="/dev/video97"), model, metrics, FAST)
     pipeline.start()
     time.sleep(0.8)
@@ -318,8 +319,15 @@ def test_http_camera_unplugged_and_plugged_back(
         assert _wait_for(lambda: pipeline.status().frames_inferred >= 5), "no frames from the MJPEG camera"
         _unplug(camera)
         assert _wait_for(lambda: not pipeline.status().up), "camera still up after unplugging"
-        assert _wait_for(lambda: (registry.get_sample_value("edgecam_camera_errors_total",
-                                                            {**cam, "reason": "open_failed"}) or 0) >= 1)
+        assert _wait_for(
+            lambda: (
+                (
+                    registry.get_sample_value("edgecam_camera_errors_total", {**cam, "reason": "open_failed"})
+                    or 0
+                )
+                >= 1
+            )
+        )
         before = pipeline.status().frames_inferred
         camera = _serve_mjpeg(port)
         assert _wait_for(lambda: pipeline.status().frames_inferred > before + 5), "no frames after replug"

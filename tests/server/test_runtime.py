@@ -18,8 +18,13 @@ from edgecam.preprocessing import Preprocessing
 from edgecam.server.errors import ModelLoadError
 from edgecam.server.runtime import load_model
 
-LIGHT_MODULES = ["edgecam.server", "edgecam.server.runtime", "edgecam.server.sources",
-                 "edgecam.server.pipeline", "edgecam.server.metrics"]
+LIGHT_MODULES = [
+    "edgecam.server",
+    "edgecam.server.runtime",
+    "edgecam.server.sources",
+    "edgecam.server.pipeline",
+    "edgecam.server.metrics",
+]
 
 
 def _image(samples: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:
@@ -139,27 +144,36 @@ def tvm_library(tmp_path_factory: pytest.TempPathFactory, onnx_builder: Callable
     workdir = tmp_path_factory.mktemp("tvm")
     onnx_file = onnx_builder(workdir / "tiny.onnx", probs_output=True)
     library = workdir / "model.so"
-    result = subprocess.run([sys.executable, "-c", _COMPILE, str(onnx_file), str(library)],
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE, str(onnx_file), str(library)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     if result.returncode != 0:
         pytest.skip(f"TVM cannot compile here: {result.stderr.strip().splitlines()[-1:]}")
     return library
 
 
 def test_tvm_artifact_runs_with_the_runtime_only(tvm_library: Path, tmp_path: Path) -> None:
-    outputs = [TensorSpec(name="logits", datatype="FP32", shape=[1, 10]),
-               TensorSpec(name="probs", datatype="FP32", shape=[1, 10])]
+    outputs = [
+        TensorSpec(name="logits", datatype="FP32", shape=[1, 10]),
+        TensorSpec(name="probs", datatype="FP32", shape=[1, 10]),
+    ]
     good = write_artifact(tmp_path / "good", _manifest("tvm", "model.so", outputs), {"model.so": tvm_library})
     corrupt_lib = tmp_path / "corrupt.so"
     corrupt_lib.write_bytes(tvm_library.read_bytes()[:4000])
-    corrupt = write_artifact(tmp_path / "corrupt", _manifest("tvm", "model.so", outputs),
-                             {"model.so": corrupt_lib})
+    corrupt = write_artifact(
+        tmp_path / "corrupt", _manifest("tvm", "model.so", outputs), {"model.so": corrupt_lib}
+    )
     wrong_shape = [TensorSpec(name="logits", datatype="FP32", shape=[1, 5]), outputs[1]]
-    mismatch = write_artifact(tmp_path / "mismatch", _manifest("tvm", "model.so", wrong_shape),
-                              {"model.so": tvm_library})
+    mismatch = write_artifact(
+        tmp_path / "mismatch", _manifest("tvm", "model.so", wrong_shape), {"model.so": tvm_library}
+    )
     paths = [str(good.path), str(corrupt.path), str(mismatch.path)]
-    result = subprocess.run([sys.executable, "-c", _LOAD, *paths], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD, *paths], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -149,7 +149,9 @@ def test_unreachable_stream_fails_fast_with_a_hint() -> None:
 def test_parse_source_forms(tmp_path: Path) -> None:
     assert parse_source("synthetic") == SyntheticSourceConfig()
     assert parse_source("synthetic:fps=10, seed=3") == SyntheticSourceConfig(fps=10, seed=3)
-    assert parse_source("rtsp://cam.local:554/stream1") == OpenCVSourceConfig(uri="rtsp://cam.local:554/stream1")
+    assert parse_source("rtsp://cam.local:554/stream1") == OpenCVSourceConfig(
+        uri="rtsp://cam.local:554/stream1"
+    )
     assert parse_source("http://cam/video.mjpg") == OpenCVSourceConfig(uri="http://cam/video.mjpg")
     assert parse_source("/dev/video0") == OpenCVSourceConfig(uri="/dev/video0")
     assert parse_source("0") == OpenCVSourceConfig(uri="0")

@@ -1,0 +1,108 @@
+"""ONNX in: edgecam metadata, tensor specs, and the Relax module TVM compiles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecam.compiler.artifact import TensorSpec
+from edgecam.compiler.errors import ModelImportError
+from edgecam.postprocessing import Postprocessing
+from edgecam.preprocessing import Preprocessing
+
+# ONNX TensorProto element types → KServe datatypes.
+_ONNX_TO_KSERVE = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+}
+
+
+@dataclass
+class OnnxModel:
+    path: Path
+    proto: Any  # onnx.ModelProto
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: Preprocessing
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
+    labels: list[str] = field(default_factory=list)
+
+
+def load_onnx(path: Path) -> OnnxModel:
+    """Read an ONNX file and its edgecam metadata; refuse what the compiler cannot build yet."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelImportError(f"{path} does not exist")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # onnx raises several unrelated types for unreadable files
+        raise ModelImportError(f"{path} is not a valid ONNX model: {exc}") from exc
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [_spec(v, path) for v in proto.graph.input if v.name not in initializers]
+    outputs = [_spec(v, path) for v in proto.graph.output]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        preprocessing = (
+            Preprocessing.model_validate_json(meta["edgecam.preprocessing"])
+            if "edgecam.preprocessing" in meta
+            else infer_preprocessing(inputs[0])
+        )
+        postprocessing = Postprocessing.model_validate_json(meta.get("edgecam.postprocessing", "{}"))
+        labels = [str(x) for x in json.loads(meta.get("edgecam.labels", "[]"))]
+    except ValueError as exc:
+        raise ModelImportError(f"{path}: bad edgecam metadata: {exc}") from exc
+    name = meta.get("edgecam.model_name", path.stem)
+    return OnnxModel(path, proto, name, inputs, outputs, preprocessing, postprocessing, labels)
+
+
+def _spec(value: Any, path: Path) -> TensorSpec:
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+    if any(d <= 0 for d in dims):
+        raise ModelImportError(
+            f"{path}: tensor {value.name!r} has dynamic shape {dims}; edgecam compiles static shapes only "
+            "(export with fixed sizes, e.g. batch 1)"
+        )
+    datatype = _ONNX_TO_KSERVE.get(tensor.elem_type)
+    if datatype is None:
+        raise ModelImportError(
+            f"{path}: tensor {value.name!r} has unsupported ONNX element type {tensor.elem_type}"
+        )
+    return TensorSpec(name=value.name, datatype=datatype, shape=dims)
+
+
+def infer_preprocessing(spec: TensorSpec) -> Preprocessing:
+    """Without metadata: an NCHW image input, 1 channel → gray, else RGB, scaled to [0, 1]."""
+    if len(spec.shape) != 4:
+        raise ModelImportError(
+            f"input {spec.name!r} has shape {spec.shape}; without edgecam.preprocessing metadata an NCHW "
+            "image input [1, C, H, W] is expected"
+        )
+    _, channels, height, width = spec.shape
+    return Preprocessing(height=height, width=width, color="GRAY" if channels == 1 else "RGB", layout="NCHW")
+
+
+def to_relax(model: OnnxModel) -> Any:
+    """The Relax IRModule with weights bound as constants (what the build pipelines expect)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model.proto, keep_params_in_input=False)
+    except Exception as exc:  # TVM reports unsupported operators with assorted error types
+        raise ModelImportError(f"TVM could not import {model.path}: {exc}") from exc

@@ -1,0 +1,99 @@
+"""The Target plug-in contract, after TVM's per-target `relax/backend/<target>/pipeline.py` modules.
+
+A target turns options into a `tvm.target.Target`, builds a Relax module into an exported library,
+says what a host needs to run it (`TargetInfo` in the manifest), and whether this machine can run
+it for verification.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from edgecam.compiler.artifact import TargetInfo
+from edgecam.compiler.errors import UnknownTargetError
+
+
+class TargetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not a silent default
+
+
+class Target(abc.ABC):
+    name: ClassVar[str]
+    options_class: ClassVar[type[TargetOptions]] = TargetOptions
+
+    def __init__(self, options: TargetOptions | None = None) -> None:
+        self.options = options or self.options_class()
+
+    @abc.abstractmethod
+    def tvm_target(self) -> Any:
+        """The tvm.target.Target (built from a dict: TVM 0.27 rejects the old strings)."""
+
+    @abc.abstractmethod
+    def info(self) -> TargetInfo:
+        """What the manifest records: plain name, TVM target, arch and CPU features a host needs."""
+
+    def build(self, mod: Any) -> Any:
+        """Lower and compile a Relax module. Tuning (MetaSchedule) will plug in here."""
+        import tvm
+
+        return tvm.compile(mod, target=self.tvm_target())
+
+    def export(self, executable: Any, directory: Path) -> str:
+        """Write the library into `directory`; returns its file name."""
+        name = "model.so"
+        executable.export_library(str(directory / name))
+        return name
+
+    def runs_here(self) -> bool:
+        """Whether this machine can execute the library (to verify it against ONNX Runtime)."""
+        from edgecam.compiler.artifact import ArtifactError, check_host_can_run
+
+        try:
+            check_host_can_run(self.info())
+        except ArtifactError:
+            return False
+        return True
+
+
+_TARGETS: dict[str, type[Target]] = {}
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    """Class decorator: `--target NAME` finds the class by its `name`."""
+    _TARGETS[cls.name] = cls
+    return cls
+
+
+def target_names() -> list[str]:
+    return sorted(_TARGETS)
+
+
+def create_target(name: str, **options: Any) -> Target:
+    try:
+        cls = _TARGETS[name]
+    except KeyError:
+        raise UnknownTargetError(
+            f"unknown target {name!r}; valid targets: {', '.join(target_names())}"
+        ) from None
+    unknown = set(options) - set(cls.options_class.model_fields)
+    if unknown:
+        raise UnknownTargetError(
+            f"target {name!r} has no option {sorted(unknown)}; "
+            f"its options: {sorted(cls.options_class.model_fields)}"
+        )
+    return cls(cls.options_class(**options))
+
+
+def plain(value: Any) -> Any:
+    """TVM FFI containers (Array, Map) → JSON-ready lists and dicts, for the manifest."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): plain(v) for k, v in value.items()}
+    if hasattr(value, "__iter__"):
+        return [plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,80 @@
+"""Compiled library against ONNX Runtime on the same inputs: the check every artifact passes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgecam.compiler.errors import VerificationError
+from edgecam.compiler.frontends.onnx import OnnxModel
+from edgecam.preprocessing import preprocess
+
+
+def sample_inputs(model: OnnxModel, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Seeded random camera frames through the model's own preprocessing, so values are in range."""
+    rng = np.random.default_rng(seed)
+    spec = model.preprocessing
+    first = model.inputs[0]
+    feeds = []
+    for _ in range(count):
+        frame = rng.integers(0, 256, size=(spec.height, spec.width, 3), dtype=np.uint8)
+        feed = {first.name: preprocess(frame, spec)}
+        for extra in model.inputs[1:]:  # non-image inputs: standard normal values of the right shape
+            feed[extra.name] = rng.standard_normal(extra.shape).astype(np.float32)
+        feeds.append(feed)
+    return feeds
+
+
+def run_library(
+    library: Path, feeds: Sequence[dict[str, np.ndarray]], input_names: list[str]
+) -> list[list[np.ndarray]]:
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    vm = VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    results = []
+    for feed in feeds:
+        out = vm["main"](*(tvm.runtime.tensor(feed[name], tvm.cpu()) for name in input_names))
+        results.append(_flatten(out))
+    return results
+
+
+def _flatten(value: object) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [array for item in value for array in _flatten(item)]  # type: ignore[attr-defined]
+
+
+def run_onnxruntime(onnx_path: Path, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return [list(session.run(None, feed)) for feed in feeds]
+
+
+def max_difference(got: list[list[np.ndarray]], expected: list[list[np.ndarray]]) -> float:
+    worst = 0.0
+    for got_outputs, expected_outputs in zip(got, expected, strict=True):
+        if len(got_outputs) != len(expected_outputs):
+            raise VerificationError(
+                f"compiled model has {len(got_outputs)} outputs, ONNX Runtime {len(expected_outputs)}"
+            )
+        for a, b in zip(got_outputs, expected_outputs, strict=True):
+            if a.shape != b.shape:
+                raise VerificationError(
+                    f"output shape {list(a.shape)} differs from ONNX Runtime's {list(b.shape)}"
+                )
+            worst = max(
+                worst, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+            )
+    return worst
+
+
+def check(difference: float, tolerance: float) -> None:
+    if not difference <= tolerance:  # also catches NaN
+        raise VerificationError(
+            f"compiled model differs from ONNX Runtime by {difference:.3g} (tolerance {tolerance:.3g}); "
+            "nothing was written. Report the model, or raise --tolerance if the difference is expected"
+        )
