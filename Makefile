@@ -7,7 +7,7 @@ APT     := dataset-fashion-mnist prometheus
 
 .venv/.installed-dev: pyproject.toml
 	python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
