@@ -7,7 +7,22 @@ from pathlib import Path
 
 import typer
 
-from edgecam.client.client import EdgecamClient, EdgecamClientError
+from edgecam.client.client import ClientTls, EdgecamClient, EdgecamClientError
+
+# Shared by every command that connects (option objects are only read, so sharing is safe).
+TOKEN = typer.Option(
+    None, "--token", envvar="EDGECAM_TOKEN", help="Bearer token, if the server requires one."
+)
+TLS_CA = typer.Option(None, "--tls-ca", help="CA certificate (PEM) to verify the server; enables TLS.")
+TLS_CERT = typer.Option(None, "--tls-cert", help="Client certificate (PEM), for servers that require mTLS.")
+TLS_KEY = typer.Option(None, "--tls-key", help="Client private key (PEM) for --tls-cert.")
+
+
+def connect(
+    address: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None
+) -> EdgecamClient:
+    tls = ClientTls(ca, cert, key) if (ca or cert) else None
+    return EdgecamClient(address, token=token, tls=tls)
 
 
 def watch(
@@ -15,10 +30,14 @@ def watch(
     camera: str = typer.Argument(..., help="Camera name (see `edgecam status`)."),
     count: int = typer.Option(0, help="Stop after this many predictions; 0 runs until Ctrl-C."),
     top_k: int = typer.Option(3, help="How many labels to show per frame."),
+    token: str = TOKEN,
+    tls_ca: Path = TLS_CA,
+    tls_cert: Path = TLS_CERT,
+    tls_key: Path = TLS_KEY,
 ) -> None:
     """Print a camera's live predictions."""
     try:
-        with EdgecamClient(address) as client:
+        with connect(address, token, tls_ca, tls_cert, tls_key) as client:
             for n, p in enumerate(client.stream(camera, top_k=top_k), start=1):
                 best = ", ".join(f"{r.label} {r.score:.2f}" for r in p.top_k)
                 truth = f"  truth={p.label}" if p.label is not None else ""
@@ -40,6 +59,10 @@ def infer(
         ..., exists=True, dir_okay=False, help="Image file (any format OpenCV reads)."
     ),
     top_k: int = typer.Option(3, help="How many labels to show."),
+    token: str = TOKEN,
+    tls_ca: Path = TLS_CA,
+    tls_cert: Path = TLS_CERT,
+    tls_key: Path = TLS_KEY,
 ) -> None:
     """Classify one image with a model on the server."""
     import cv2
@@ -49,7 +72,7 @@ def infer(
         typer.echo(f"error: OpenCV cannot read {image} as an image", err=True)
         raise typer.Exit(2)
     try:
-        with EdgecamClient(address) as client:
+        with connect(address, token, tls_ca, tls_cert, tls_key) as client:
             start = time.perf_counter()
             ranked = client.classify(model, frame, k=top_k)
             elapsed = time.perf_counter() - start
@@ -61,10 +84,16 @@ def infer(
     typer.echo(f"round trip {1000 * elapsed:.1f} ms", err=True)
 
 
-def status(address: str = typer.Argument(..., help="HOST:PORT of the server's gRPC endpoint.")) -> None:
+def status(
+    address: str = typer.Argument(..., help="HOST:PORT of the server's gRPC endpoint."),
+    token: str = TOKEN,
+    tls_ca: Path = TLS_CA,
+    tls_cert: Path = TLS_CERT,
+    tls_key: Path = TLS_KEY,
+) -> None:
     """Show the server's readiness and its cameras."""
     try:
-        with EdgecamClient(address) as client:
+        with connect(address, token, tls_ca, tls_cert, tls_key) as client:
             ready = client.ready()
             cameras = client.cameras()
     except EdgecamClientError as exc:

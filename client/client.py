@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -73,19 +74,38 @@ class Prediction:
     label: int | None = None  # ground truth, when the camera knows it
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS to the server: its CA, and a client certificate when the server requires mTLS."""
+
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
 class EdgecamClient:
     """One channel to one server. Use as a context manager, or call close()."""
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, timeout: float = 10.0, token: str | None = None, tls: ClientTls | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
         self._oip = oip_grpc.GRPCInferenceServiceStub(self._channel)
         self._cameras = v1_grpc.CameraServiceStub(self._channel)
         self._model_info: dict[str, ModelInfo] = {}
@@ -176,7 +196,9 @@ class EdgecamClient:
 
     def stream(self, camera: str, top_k: int = 0) -> Iterator[Prediction]:
         """Live predictions of one camera; stops when the server ends the stream or on close()."""
-        calls = self._cameras.StreamPredictions(v1.StreamPredictionsRequest(camera=camera, top_k=top_k))
+        calls = self._cameras.StreamPredictions(
+            v1.StreamPredictionsRequest(camera=camera, top_k=top_k), metadata=self._metadata
+        )
         try:
             for p in calls:
                 yield Prediction(
@@ -196,7 +218,7 @@ class EdgecamClient:
 
     def _call(self, method: Any, request: object) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _client_error(exc) from None
 

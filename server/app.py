@@ -9,18 +9,20 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc
 from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
 from edgecam.server.errors import ModelLoadError
+from edgecam.server.grpc.auth import TokenAuthInterceptor
 from edgecam.server.grpc.servicer import CameraServicer, InferenceServicer
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline
 from edgecam.server.runtime import load_model
 from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.service import EdgeService
-from edgecam.server.settings import CameraConfig, ServerSettings
+from edgecam.server.settings import CameraConfig, ServerSettings, TlsConfig
 from edgecam.server.sources import parse_source
 
 log = logging.getLogger(__name__)
@@ -78,25 +80,32 @@ class EdgecamServer:
         s = self.settings
         self._http, _ = start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
         self.metrics_port = self._http.server_port
-        options = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-        ]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.workers), options=options)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.workers),
+            options=_channel_options(s),
+            interceptors=[TokenAuthInterceptor(tokens)] if (tokens := s.tokens()) else [],
+        )
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), server)
         v1_grpc.add_CameraServiceServicer_to_server(CameraServicer(self.service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.grpc_port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        reflection.enable_server_reflection(_SERVICE_NAMES, server)
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if s.tls is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            self.grpc_port = server.add_secure_port(address, _server_credentials(s.tls))
         if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC to {s.grpc_host}:{s.grpc_port} (in use?)")
+            raise OSError(f"cannot bind gRPC to {address} (in use?)")
         self.service.start()
         server.start()
         self._grpc = server
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving gRPC on %s:%d, metrics on http://%s:%d/metrics",
+            "serving gRPC on %s:%d (%s%s), metrics on http://%s:%d/metrics",
             s.grpc_host,
             self.grpc_port,
+            "plaintext" if s.tls is None else ("mTLS" if s.tls.client_ca_file else "TLS"),
+            ", bearer tokens" if tokens else "",
             s.metrics_host,
             self.metrics_port,
         )
@@ -114,3 +123,35 @@ class EdgecamServer:
             self._http.shutdown()
             self._http.server_close()
         log.info("server stopped")
+
+
+_SERVICE_NAMES = (
+    "inference.GRPCInferenceService",
+    "edgecam.v1.CameraService",
+    "grpc.health.v1.Health",
+    reflection.SERVICE_NAME,
+)
+
+
+def _channel_options(s: ServerSettings) -> list[tuple[str, int]]:
+    keepalive_ms = int(s.keepalive_seconds * 1000)
+    return [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping as often as we do without being disconnected for "too many pings".
+        ("grpc.http2.min_ping_interval_without_data_ms", min(keepalive_ms, 10_000)),
+    ]
+
+
+def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    try:
+        key, cert = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise OSError(f"tls: cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

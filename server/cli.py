@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -20,7 +19,7 @@ READY_LINE = "edgecam server ready"
 
 def serve(
     model: list[str] = typer.Option(
-        ..., "--model", "-m", help="Artifact directory or .onnx file; NAME=PATH to rename."
+        [], "--model", "-m", help="Artifact directory or .onnx file; NAME=PATH to rename."
     ),
     camera: list[str] = typer.Option(
         [],
@@ -34,23 +33,26 @@ def serve(
     metrics_port: int = typer.Option(
         None, help="Prometheus /metrics port, 0 for any free port [default 8002]."
     ),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="YAML settings file; EDGECAM_* and flags override it.",
+    ),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING, ERROR."),
 ) -> None:
     """Serve models over gRPC (KServe v2 + edgecam.v1) and stream camera predictions."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "grpc_host": grpc_host,
-            "grpc_port": grpc_port,
-            "metrics_host": metrics_host,
-            "metrics_port": metrics_port,
-        }.items()
-        if value is not None
-    }
     try:
-        settings = ServerSettings(
-            models=[_model_config(m) for m in model], cameras=[_camera_config(c) for c in camera], **overrides
+        settings = ServerSettings.load(
+            config,
+            models=[_model_config(m) for m in model],
+            cameras=[_camera_config(c) for c in camera],
+            grpc_host=grpc_host,
+            grpc_port=grpc_port,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
         )
     except (ValidationError, ValueError) as exc:
         typer.echo(f"error: invalid settings: {exc}", err=True)

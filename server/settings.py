@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+import yaml
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +20,12 @@ class CameraConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     source: str  # synthetic[:opts], a file, rtsp://..., http://..., /dev/videoN or a device index
     model: str | None = None  # default: the server's only model
+
+
+class TlsConfig(BaseModel):
+    cert_file: Path  # PEM certificate chain of this server
+    key_file: Path  # its PEM private key
+    client_ca_file: Path | None = None  # set: clients must present a certificate signed by this CA (mTLS)
 
 
 class ServerSettings(BaseSettings):
@@ -34,3 +42,43 @@ class ServerSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     models: list[ModelConfig] = Field(default_factory=list)
     cameras: list[CameraConfig] = Field(default_factory=list)
+    tls: TlsConfig | None = None
+    # Bearer tokens accepted on every RPC but health checks; a file holds one per line (rotation).
+    auth_token: SecretStr | None = None
+    auth_tokens_file: Path | None = None
+    keepalive_seconds: float = Field(default=30.0, gt=0)  # pings keep idle prediction streams alive
+
+    def tokens(self) -> list[str]:
+        tokens = [self.auth_token.get_secret_value()] if self.auth_token else []
+        if self.auth_tokens_file is not None:
+            try:
+                lines = self.auth_tokens_file.read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(f"auth_tokens_file: cannot read {self.auth_tokens_file}: {exc}") from exc
+            tokens += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return tokens
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **flags: Any) -> ServerSettings:
+        """Settings from a YAML file, then EDGECAM_* variables over it, then command-line flags over both."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ValueError(f"cannot read config file {config_file}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ValueError(
+                    f"config file {config_file} must be a mapping of settings, got {type(loaded).__name__}"
+                )
+            unknown = set(loaded) - set(cls.model_fields)
+            if unknown:
+                raise ValueError(
+                    f"config file {config_file}: unknown settings {sorted(unknown)}; "
+                    f"valid: {sorted(cls.model_fields)}"
+                )
+            values.update(loaded)
+        from_env = cls()  # pydantic-settings reads the environment here
+        values.update(from_env.model_dump(include=from_env.model_fields_set))
+        values.update({k: v for k, v in flags.items() if v not in (None, [])})
+        return cls(**values)
