@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from concurrent import futures
 from typing import Any
 
@@ -19,6 +20,7 @@ from edgecam.server.grpc.auth import TokenAuthInterceptor
 from edgecam.server.grpc.servicer import CameraServicer, InferenceServicer
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline
+from edgecam.server.repository import ModelRepository
 from edgecam.server.runtime import load_model
 from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.service import EdgeService
@@ -35,10 +37,11 @@ class EdgecamServer:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = EdgecamMetrics(self.registry)
-        models = self._load_models()
-        cameras = {c.name: self._camera(c, models) for c in settings.cameras}
-        self.metrics.watch_models(lambda: list(models.values()))
-        self.service = EdgeService(models, cameras, self.metrics)
+        self.repository = self._load_models()
+        cameras = {c.name: self._camera(c) for c in settings.cameras}
+        self.repository.on_swap(lambda model: _follow(model, cameras.values()))
+        self.metrics.watch_models(self.repository.serving)
+        self.service = EdgeService(self.repository, cameras, self.metrics)
         self._health = health.HealthServicer()
         self._grpc: grpc.Server | None = None
         self._http: Any = None
@@ -46,33 +49,41 @@ class EdgecamServer:
         self.grpc_port = 0
         self.metrics_port = 0
 
-    def _load_models(self) -> dict[str, LoadedModel]:
-        if not self.settings.models:
-            raise ModelLoadError("no model given; pass --model PATH (an artifact directory or an .onnx file)")
-        models: dict[str, LoadedModel] = {}
-        for config in self.settings.models:
+    def _load_models(self) -> ModelRepository:
+        s = self.settings
+        if not s.models and s.model_repository is None:
+            raise ModelLoadError(
+                "no model given; pass --model PATH (an artifact directory or an .onnx file) "
+                "or set model_repository"
+            )
+        if s.model_repository is not None and not s.model_repository.is_dir():
+            raise ModelLoadError(f"model_repository {s.model_repository} is not a directory")
+        repository = ModelRepository(self.metrics, s.model_repository)
+        for config in s.models:
             try:
                 model = load_model(config.path, name=config.name, version=config.version)
             except Exception as exc:  # any loader failure is refused with the reason, never half-loaded
                 raise ModelLoadError(f"cannot load model {config.path}: {exc}") from exc
-            if model.name in models:
-                raise ModelLoadError(f"two models are named {model.name!r}; give one --model NAME=PATH")
+            repository.add(model)
             log.info(
                 "loaded model %s v%s (%s) from %s", model.name, model.version, model.platform, config.path
             )
-            models[model.name] = model
-        return models
+        repository.load_all()
+        if not repository.serving():
+            raise ModelLoadError(f"no model in {s.model_repository} could be loaded; see the errors above")
+        return repository
 
-    def _camera(self, config: CameraConfig, models: dict[str, LoadedModel]) -> CameraPipeline:
+    def _camera(self, config: CameraConfig) -> CameraPipeline:
+        serving = {m.name: m for m in self.repository.serving()}
         if config.model is None:
-            if len(models) != 1:
-                raise ModelLoadError(f"camera {config.name!r} must name its model (one of {sorted(models)})")
-            model = next(iter(models.values()))
-        elif config.model in models:
-            model = models[config.model]
+            if len(serving) != 1:
+                raise ModelLoadError(f"camera {config.name!r} must name its model (one of {sorted(serving)})")
+            model = next(iter(serving.values()))
+        elif config.model in serving:
+            model = serving[config.model]
         else:
             raise ModelLoadError(
-                f"camera {config.name!r} uses unknown model {config.model!r}; have {sorted(models)}"
+                f"camera {config.name!r} uses unknown model {config.model!r}; have {sorted(serving)}"
             )
         return CameraPipeline(config.name, parse_source(config.source), model, self.metrics)
 
@@ -97,6 +108,8 @@ class EdgecamServer:
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {address} (in use?)")
         self.service.start()
+        if s.model_repository is not None and s.repository_poll_seconds > 0:
+            self.repository.watch(s.repository_poll_seconds)
         server.start()
         self._grpc = server
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -123,6 +136,13 @@ class EdgecamServer:
             self._http.shutdown()
             self._http.server_close()
         log.info("server stopped")
+
+
+def _follow(model: LoadedModel, cameras: Iterable[CameraPipeline]) -> None:
+    """A hot-reloaded model replaces the old version in every camera that used it."""
+    for camera in cameras:
+        if camera.model.name == model.name:
+            camera.set_model(model)
 
 
 _SERVICE_NAMES = (

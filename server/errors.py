@@ -33,6 +33,12 @@ class Unavailable(ServerError):
     status = Status.UNAVAILABLE
 
 
+class FailedPrecondition(ServerError):
+    """The request is valid but the server's state does not allow it (e.g. unloading a model in use)."""
+
+    status = Status.FAILED_PRECONDITION
+
+
 class ModelLoadError(ServerError):
     """A model could not be loaded; the message names the check that failed."""
 

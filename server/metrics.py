@@ -95,6 +95,18 @@ class EdgecamMetrics:
         self.requests = Counter(
             "edgecam_requests", "Direct ModelInfer requests by result code.", ["model", "code"], registry=r
         )
+        self.model_loads = Counter(
+            "edgecam_model_loads",
+            "Model versions verified and swapped in (start-up and hot reloads).",
+            ["model"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "edgecam_model_load_failures",
+            "Model versions refused at load (reason: the failed check, e.g. sha256); the old one serves on.",
+            ["model", "reason"],
+            registry=r,
+        )
         self.request_latency = Histogram(
             "edgecam_request_latency_seconds",
             "ModelInfer request latency.",

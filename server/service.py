@@ -16,10 +16,12 @@ import numpy as np
 
 from edgecam import __version__
 from edgecam.datatypes import to_numpy
-from edgecam.server.errors import InvalidArgument, NotFound, Unavailable
+from edgecam.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline, Prediction
+from edgecam.server.repository import ModelRepository
 from edgecam.server.runtime.base import LoadedModel
+from edgecam.server.statistics import ModelStats, StatisticsBook
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,12 @@ class EdgeService:
 
     def __init__(
         self,
-        models: Mapping[str, LoadedModel],
+        repository: ModelRepository,
         cameras: Mapping[str, CameraPipeline],
         metrics: EdgecamMetrics,
     ) -> None:
-        self._models = dict(models)
+        self.repository = repository
+        self.statistics = StatisticsBook()
         self._cameras = dict(cameras)
         self._metrics = metrics
         self._stopping = threading.Event()
@@ -70,7 +73,7 @@ class EdgeService:
         return not self._stopping.is_set()
 
     def ready(self) -> bool:
-        return self.live() and bool(self._models)
+        return self.live() and bool(self.repository.serving())
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -84,26 +87,34 @@ class EdgeService:
 
     # -- models -------------------------------------------------------------------------------
     def model(self, name: str, version: str = "") -> LoadedModel:
-        found = self._models.get(name)
-        if found is None:
-            raise NotFound(f"unknown model {name!r}; this server serves {sorted(self._models)}")
-        if version and version != found.version:
-            raise NotFound(f"model {name!r} has no version {version!r}; loaded version is {found.version!r}")
-        return found
+        return self.repository.get(name, version)
 
     def models(self) -> list[LoadedModel]:
-        return list(self._models.values())
+        return self.repository.serving()
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        models = [self.model(name, version)] if name else self.models()
+        return [self.statistics.get(m.name, m.version) for m in models]
+
+    def unload_model(self, name: str) -> None:
+        users = [c.name for c in self._cameras.values() if c.model.name == name]
+        if users:
+            raise FailedPrecondition(f"model {name!r} is used by cameras {users}; it cannot be unloaded")
+        self.repository.unload(name)
 
     def infer(self, request: InferRequest) -> InferResponse:
         if self._stopping.is_set():
             raise Unavailable("server is shutting down")
+        # This reference keeps the version alive for this request even if a reload swaps it out now.
         model = self.model(request.model_name, request.model_version)
-        start = time.perf_counter()
-        code = "OK"
+        start = time.perf_counter_ns()
+        code, infer_ns = "OK", None
         try:
             feeds = _validated_inputs(model, request.inputs)
             wanted = _validated_outputs(model, request.requested_outputs)
+            infer_start = time.perf_counter_ns()
             results = model.runtime.run(feeds)
+            infer_ns = time.perf_counter_ns() - infer_start
             outputs = [_as_tensor(spec_name, results[spec_name]) for spec_name in wanted]
         except InvalidArgument:
             code = "INVALID_ARGUMENT"
@@ -112,7 +123,9 @@ class EdgeService:
             code = "INTERNAL"
             raise
         finally:
-            self._metrics.observe_request(model.name, code, time.perf_counter() - start)
+            elapsed = time.perf_counter_ns() - start
+            self._metrics.observe_request(model.name, code, elapsed / 1e9)
+            self.statistics.record(model.name, model.version, code == "OK", elapsed, infer_ns)
         return InferResponse(model.name, model.version, request.id, outputs)
 
     # -- cameras ------------------------------------------------------------------------------
@@ -144,6 +157,7 @@ class EdgeService:
     def stop(self, timeout: float = 5.0) -> None:
         """Refuse new work, end prediction streams, stop the cameras."""
         self._stopping.set()
+        self.repository.stop()
         for pipeline in self._cameras.values():
             pipeline.stop(timeout)
 

@@ -41,6 +41,10 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     models: list[ModelConfig] = Field(default_factory=list)
+    # <repository>/<model>/<version>/ of artifacts; the newest version of each model is served.
+    model_repository: Path | None = None
+    # Watch the repository and hot-reload new versions every this many seconds; 0: only on request.
+    repository_poll_seconds: float = Field(default=0.0, ge=0)
     cameras: list[CameraConfig] = Field(default_factory=list)
     tls: TlsConfig | None = None
     # Bearer tokens accepted on every RPC but health checks; a file holds one per line (rotation).

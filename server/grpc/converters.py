@@ -9,8 +9,10 @@ from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.server.errors import InvalidArgument
 from edgecam.server.pipeline import CameraStatus, Prediction
+from edgecam.server.repository import ModelEntry
 from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.service import InferRequest, InferResponse, Tensor, decode_tensor
+from edgecam.server.statistics import Duration, ModelStats
 
 # Which InferTensorContents field carries which datatype (FP16 has none: it must come raw).
 _TYPED_FIELD = {
@@ -132,4 +134,44 @@ def camera_status(s: CameraStatus) -> v1.CameraStatus:
         frames_dropped=s.frames_dropped,
         fps=s.fps,
         last_frame_age_seconds=s.last_frame_age_seconds if s.last_frame_age_seconds is not None else -1.0,
+    )
+
+
+def _duration(d: Duration) -> oip.StatisticDuration:
+    return oip.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def model_statistics(
+    stats: list[ModelStats], memory: dict[tuple[str, str], int]
+) -> oip.ModelStatisticsResponse:
+    return oip.ModelStatisticsResponse(
+        model_stats=[
+            oip.ModelStatistics(
+                name=s.name,
+                version=s.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.success.count,
+                execution_count=s.success.count,
+                inference_stats=oip.InferStatistics(
+                    success=_duration(s.success),
+                    fail=_duration(s.fail),
+                    compute_infer=_duration(s.compute_infer),
+                ),
+                memory_usage=[
+                    oip.MemoryUsage(type="CPU", id=0, byte_size=memory.get((s.name, s.version), 0))
+                ],
+            )
+            for s in stats
+        ]
+    )
+
+
+def repository_index(entries: list[ModelEntry]) -> oip.RepositoryIndexResponse:
+    return oip.RepositoryIndexResponse(
+        models=[
+            oip.RepositoryIndexResponse.ModelIndex(
+                name=e.name, version=e.version, state=e.state, reason=e.reason
+            )
+            for e in entries
+        ]
     )

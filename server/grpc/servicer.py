@@ -75,6 +75,35 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                     error_message=str(exc), infer_response=oip.ModelInferResponse(id=request.id)
                 )
 
+    @maps_errors
+    def ModelStatistics(
+        self, request: oip.ModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> oip.ModelStatisticsResponse:
+        stats = self._service.model_statistics(request.name, request.version)
+        memory = {(m.name, m.version): m.runtime.memory_bytes() for m in self._service.models()}
+        return converters.model_statistics(stats, memory)
+
+    @maps_errors
+    def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> oip.RepositoryIndexResponse:
+        return converters.repository_index(self._service.repository.index(ready_only=request.ready))
+
+    @maps_errors
+    def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    ) -> oip.RepositoryModelLoadResponse:
+        version = request.parameters["version"].string_param if "version" in request.parameters else None
+        self._service.repository.load(request.model_name, version or None)
+        return oip.RepositoryModelLoadResponse()
+
+    @maps_errors
+    def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    ) -> oip.RepositoryModelUnloadResponse:
+        self._service.unload_model(request.model_name)
+        return oip.RepositoryModelUnloadResponse()
+
 
 class CameraServicer(v1_grpc.CameraServiceServicer):
     """edgecam.v1: cameras and their live predictions."""
