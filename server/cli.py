@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
+from edgecam.server import logs
 from edgecam.server.settings import CameraConfig, ModelConfig, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,17 @@ def serve(
         help="YAML settings file; EDGECAM_* and flags override it.",
     ),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING, ERROR."),
+    log_format: str = typer.Option("text", help="text, or json (one object per line, for log collectors)."),
 ) -> None:
     """Serve models over gRPC (KServe v2 + edgecam.v1) and stream camera predictions."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format not in ("text", "json") or log_level.upper() not in logging.getLevelNamesMapping():
+        typer.echo(
+            f"error: --log-format {log_format!r} / --log-level {log_level!r}: use text|json and "
+            "DEBUG|INFO|WARNING|ERROR",
+            err=True,
+        )
+        raise typer.Exit(2)
+    logs.configure(log_level, log_format)  # type: ignore[arg-type]
     try:
         settings = ServerSettings.load(
             config,
@@ -63,11 +72,12 @@ def serve(
 def run(settings: ServerSettings) -> None:
     from edgecam.server.app import EdgecamServer
     from edgecam.server.errors import ServerError
+    from edgecam.server.sources.base import SourceError
 
     try:
         server = EdgecamServer(settings)
         server.start()
-    except (ServerError, OSError) as exc:
+    except (ServerError, SourceError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     stop = threading.Event()

@@ -148,6 +148,9 @@ class EdgeService:
                 prediction = subscription.get(timeout=0.5)
                 if prediction is not None:
                     yield prediction
+        if self._stopping.is_set():
+            # A status, not a silent end: the client knows to reconnect rather than assume the camera ended.
+            raise Unavailable(f"server is shutting down; stream of camera {camera!r} ended")
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
