@@ -43,3 +43,14 @@ def test_bad_value_names_the_field(tmp_path: Path) -> None:
     config.write_text("cameras:\n  - name: 'bad name!'\n    source: synthetic\n")
     with pytest.raises(ValidationError, match=r"cameras\.0\.name"):
         ServerSettings.load(config)
+
+
+def test_readme_example_config_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "config.yaml"
+    config.write_text(block)
+    settings = ServerSettings.load(config)
+    assert settings.tls is not None and settings.tls.client_ca_file is not None
+    assert settings.cameras[0].model == "fashion_cnn"
+    assert settings.repository_poll_seconds == 5
