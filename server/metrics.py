@@ -213,8 +213,9 @@ class _ScrapeTimeCollector:
             GaugeMetricFamily("edgecam_stream_subscribers", "Open prediction streams.", labels=cam),
             GaugeMetricFamily(
                 "edgecam_model_memory_bytes",
-                "Memory a loaded model holds (weights, code).",
-                labels=["model", "version"],
+                "Memory a loaded model holds: kind=weights (weights and code, from its files) and "
+                "kind=workspace (process growth at load and first run beyond the weights, an estimate).",
+                labels=["model", "version", "kind"],
             ),
         )
 
@@ -243,6 +244,7 @@ class _ScrapeTimeCollector:
             return
         for model in models:
             try:
-                memory.add_metric([model.name, model.version], model.runtime.memory_bytes())
+                memory.add_metric([model.name, model.version, "weights"], model.runtime.memory_bytes())
+                memory.add_metric([model.name, model.version, "workspace"], model.workspace_bytes)
             except Exception:
                 log.exception("model %s: memory_bytes() failed during scrape", model.name)

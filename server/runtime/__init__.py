@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edgecam.compiler.artifact import Artifact, ArtifactError, TensorSpec, load_artifact
 from edgecam.server.errors import ModelLoadError
 from edgecam.server.runtime.base import LoadedModel, Runtime
@@ -24,12 +26,52 @@ def load_model(
     """
     path = Path(path)
     if path.is_dir():
-        return _from_artifact(load_artifact(path), name, version, intra_op_threads)
-    if not path.exists():
+        artifact = load_artifact(path)
+        rss_before = _baseline(artifact.manifest.runtime)
+        model = _from_artifact(artifact, name, version, intra_op_threads)
+    elif not path.exists():
         raise ModelLoadError(f"model path {path} does not exist")
-    if path.suffix.lower() == ".onnx":
-        return _from_onnx(path, name, version, intra_op_threads)
-    raise ModelLoadError(f"{path} is neither an artifact directory (with manifest.json) nor an .onnx file")
+    elif path.suffix.lower() == ".onnx":
+        rss_before = _baseline("onnxruntime")
+        model = _from_onnx(path, name, version, intra_op_threads)
+    else:
+        raise ModelLoadError(
+            f"{path} is neither an artifact directory (with manifest.json) nor an .onnx file"
+        )
+    _warm_up(model)
+    # What loading and one run added to the process beyond the weights: the model's workspace.
+    # An estimate (other threads allocate too), measured once, at load.
+    model.workspace_bytes = max(0, _rss() - rss_before - model.runtime.memory_bytes())
+    return model
+
+
+def _baseline(runtime: str) -> int:
+    """RSS after the runtime library itself is loaded, so its own size is not charged to the model."""
+    if runtime == "tvm":
+        from edgecam.server.runtime.tvm import import_tvm_runtime
+
+        import_tvm_runtime()
+    else:
+        import onnxruntime  # noqa: F401
+
+    return _rss()
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """One run on zeros: allocates the workspace now, not on the first camera frame, and proves it runs."""
+    from edgecam.datatypes import to_numpy
+
+    feeds = {spec.name: np.zeros(spec.shape, to_numpy(spec.datatype)) for spec in model.inputs}
+    try:
+        model.runtime.run(feeds)
+    except Exception as exc:  # a model that cannot run at all must not be served
+        raise ModelLoadError(f"model {model.name!r} failed its first run on zero inputs: {exc}") from exc
 
 
 def _from_artifact(artifact: Artifact, name: str | None, version: str, threads: int) -> LoadedModel:

@@ -36,3 +36,4 @@ class LoadedModel:
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     labels: list[str] = field(default_factory=list)
     manifest: Manifest | None = None
+    workspace_bytes: int = 0  # measured at load: process growth beyond the weights (see load_model)

@@ -91,7 +91,8 @@ def test_prometheus_scrapes_frames_and_latency(prometheus: str) -> None:
     assert p99 and float(p99[0]["value"][1]) > 0
     accuracy = _poll(prometheus, 'edgecam_online_accuracy_ratio{camera="synth"}')
     assert accuracy and 0.85 <= float(accuracy[0]["value"][1]) <= 1.0
-    assert _poll(prometheus, 'edgecam_model_memory_bytes{model="fashion_cnn"} > 0')
+    assert _poll(prometheus, 'edgecam_model_memory_bytes{model="fashion_cnn",kind="weights"} > 0')
+    assert _poll(prometheus, 'edgecam_model_memory_bytes{model="fashion_cnn",kind="workspace"}')
     assert _poll(prometheus, "process_resident_memory_bytes > 0")
     down = _poll(prometheus, 'edgecam_camera_up{camera="lost"} == 0')
     assert down, "the unreachable camera should be reported down"

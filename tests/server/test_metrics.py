@@ -83,10 +83,18 @@ def test_model_memory_is_read_at_scrape_time(
 ) -> None:
     models: list[LoadedModel] = []
     metrics.watch_models(lambda: models)
-    assert registry.get_sample_value("edgecam_model_memory_bytes", {"model": "tiny", "version": "1"}) is None
+    weights = {"model": "tiny", "version": "1", "kind": "weights"}
+    workspace = {"model": "tiny", "version": "1", "kind": "workspace"}
+    assert registry.get_sample_value("edgecam_model_memory_bytes", weights) is None
     models.append(load_model(make_onnx()))
-    memory = registry.get_sample_value("edgecam_model_memory_bytes", {"model": "tiny", "version": "1"})
-    assert memory == models[0].runtime.memory_bytes() > 0
+    assert (
+        registry.get_sample_value("edgecam_model_memory_bytes", weights)
+        == models[0].runtime.memory_bytes()
+        > 0
+    )
+    assert (
+        registry.get_sample_value("edgecam_model_memory_bytes", workspace) == models[0].workspace_bytes >= 0
+    )
 
 
 def test_names_follow_the_conventions(metrics: EdgecamMetrics, registry: CollectorRegistry) -> None:
