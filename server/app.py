@@ -19,7 +19,7 @@ from edgecam.server.errors import ModelLoadError
 from edgecam.server.grpc.auth import TokenAuthInterceptor
 from edgecam.server.grpc.servicer import CameraServicer, InferenceServicer
 from edgecam.server.metrics import EdgecamMetrics
-from edgecam.server.pipeline import CameraPipeline
+from edgecam.server.pipeline import CameraPipeline, PipelineOptions
 from edgecam.server.repository import ModelRepository
 from edgecam.server.runtime import load_model
 from edgecam.server.runtime.base import LoadedModel
@@ -85,7 +85,8 @@ class EdgecamServer:
             raise ModelLoadError(
                 f"camera {config.name!r} uses unknown model {config.model!r}; have {sorted(serving)}"
             )
-        return CameraPipeline(config.name, parse_source(config.source), model, self.metrics)
+        options = PipelineOptions(max_fps=config.max_fps)
+        return CameraPipeline(config.name, parse_source(config.source), model, self.metrics, options)
 
     def start(self) -> None:
         s = self.settings

@@ -20,6 +20,9 @@ class CameraConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     source: str  # synthetic[:opts], a file, rtsp://..., http://..., /dev/videoN or a device index
     model: str | None = None  # default: the server's only model
+    max_fps: float | None = Field(
+        default=None, gt=0
+    )  # cap on inferences per second; None: as fast as frames come
 
 
 class TlsConfig(BaseModel):

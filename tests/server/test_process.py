@@ -92,3 +92,29 @@ def test_shutdown_ends_streams_with_a_status(onnx_builder: Callable[..., Path], 
     thread.join(10)
     assert isinstance(outcome[0], EdgecamClientError)
     assert outcome[0].code == "UNAVAILABLE" and "shutting down" in str(outcome[0])
+
+
+def test_camera_inference_rate_cap_comes_from_settings(
+    onnx_builder: Callable[..., Path], tmp_path: Path
+) -> None:
+    import itertools
+    import time
+
+    settings = ServerSettings(
+        grpc_port=0,
+        metrics_port=0,
+        models=[ModelConfig(path=onnx_builder(tmp_path / "tiny.onnx"))],
+        cameras=[CameraConfig(name="cam", source="synthetic:fps=60", max_fps=5)],
+    )
+    server = EdgecamServer(settings)
+    server.start()
+    try:
+        with EdgecamClient(f"127.0.0.1:{server.grpc_port}") as client:
+            stream = client.stream("cam")
+            next(stream)
+            started = time.monotonic()
+            rest = list(itertools.islice(stream, 5))
+            rate = len(rest) / (time.monotonic() - started)
+    finally:
+        server.stop()
+    assert 3.5 < rate < 6.5, f"{rate:.1f} predictions/s with max_fps=5 on a 60 fps camera"
