@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import platform
 
-from edgecam.compiler.targets import x86
+from edgecam.compiler.targets import cuda, x86
 from edgecam.compiler.targets.base import Target, create_target, register_target, target_names
 
-__all__ = ["Target", "create_target", "host_target_name", "register_target", "target_names", "x86"]
+__all__ = ["Target", "create_target", "cuda", "host_target_name", "register_target", "target_names", "x86"]
 
 _HOST_TARGETS = {"x86_64": "x86_64"}
 

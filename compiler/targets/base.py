@@ -11,10 +11,10 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgecam.compiler.artifact import TargetInfo
-from edgecam.compiler.errors import UnknownTargetError
+from edgecam.compiler.errors import InvalidOptionError, UnknownTargetError
 
 
 class TargetOptions(BaseModel):
@@ -36,11 +36,24 @@ class Target(abc.ABC):
     def info(self) -> TargetInfo:
         """What the manifest records: plain name, TVM target, arch and CPU features a host needs."""
 
+    def pipeline(self, target: Any) -> Any:
+        """The Relax pass pipeline `tvm.compile` runs for `target`: TVM's untuned default.
+
+        This is the tuning seam. MetaSchedule tuning overrides it to return
+        `tvm.relax.pipeline.static_shape_tuning_pipeline(total_trials, target, work_dir=<database>)`,
+        which tunes (or, with `total_trials=0`, only replays the database) and then lowers.
+        """
+        from tvm import relax
+
+        return relax.get_default_pipeline(target)
+
     def build(self, mod: Any) -> Any:
-        """Lower and compile a Relax module. Tuning (MetaSchedule) will plug in here."""
+        """Lower and compile a Relax module into an executable (`pipeline` decides how)."""
         import tvm
 
-        return tvm.compile(mod, target=self.tvm_target())
+        target = self.tvm_target()
+        with target:  # schedules and legalization consult Target.current()
+            return tvm.compile(mod, target=target, relax_pipeline=self.pipeline(target))
 
     def export(self, executable: Any, directory: Path) -> str:
         """Write the library into `directory`; returns its file name."""
@@ -69,10 +82,12 @@ def register_target(cls: type[Target]) -> type[Target]:
 
 
 def target_names() -> list[str]:
+    """Every registered target name, sorted (what `--target` accepts)."""
     return sorted(_TARGETS)
 
 
 def create_target(name: str, **options: Any) -> Target:
+    """The target plug-in called `name`, configured with `options` (its options model's fields)."""
     try:
         cls = _TARGETS[name]
     except KeyError:
@@ -85,7 +100,13 @@ def create_target(name: str, **options: Any) -> Target:
             f"target {name!r} has no option {sorted(unknown)}; "
             f"its options: {sorted(cls.options_class.model_fields)}"
         )
-    return cls(cls.options_class(**options))
+    try:
+        return cls(cls.options_class(**options))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidOptionError(f"target {name!r}: invalid option value ({problems})") from None
 
 
 def plain(value: Any) -> Any:
