@@ -8,11 +8,19 @@ class CompilerError(Exception):
 
 
 class UnknownTargetError(CompilerError):
-    pass
+    """A target name, target option name or CPU name that does not exist; the message lists valid ones."""
+
+
+class InvalidOptionError(CompilerError):
+    """An option with a value it cannot take (tolerance < 0, num_cores 0, ...)."""
 
 
 class ModelImportError(CompilerError):
-    pass
+    """The model cannot be read, lacks what the compiler needs, or TVM cannot import it."""
+
+
+class BuildError(CompilerError):
+    """TVM imported the model but could not lower, compile or export it for the target."""
 
 
 class VerificationError(CompilerError):
