@@ -15,6 +15,9 @@ def compile_command(
     target: str = typer.Option(..., "--target", "-t", help="Target name, e.g. x86_64."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write (replaced atomically)."),
     mcpu: str = typer.Option(None, help="CPU to tune code for (LLVM name); default: this build host's CPU."),
+    mattr: list[str] = typer.Option(
+        None, help="LLVM feature to add/remove, e.g. --mattr=-avx512f (repeatable); for the camera fleet."
+    ),
     tolerance: float = typer.Option(1e-4, help="Largest |TVM - ONNX Runtime| output difference accepted."),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
 ) -> None:
@@ -26,7 +29,9 @@ def compile_command(
     from edgecam.compiler.errors import CompilerError
 
     console = Console(stderr=True)
-    options = {"mcpu": mcpu} if mcpu else {}
+    options: dict[str, object] = {"mcpu": mcpu} if mcpu else {}
+    if mattr:
+        options["mattr"] = mattr
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(STEPS))
@@ -48,7 +53,7 @@ def compile_command(
                 samples=samples,
                 on_step=on_step,
             )
-        except CompilerError as exc:
+        except (CompilerError, OSError) as exc:  # OSError: the output directory cannot be written
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
     m = artifact.manifest

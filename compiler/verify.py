@@ -9,6 +9,7 @@ import numpy as np
 
 from edgecam.compiler.errors import VerificationError
 from edgecam.compiler.frontends.onnx import OnnxModel
+from edgecam.datatypes import to_numpy
 from edgecam.preprocessing import preprocess
 
 
@@ -20,9 +21,10 @@ def sample_inputs(model: OnnxModel, count: int, seed: int = 0) -> list[dict[str,
     feeds = []
     for _ in range(count):
         frame = rng.integers(0, 256, size=(spec.height, spec.width, 3), dtype=np.uint8)
-        feed = {first.name: preprocess(frame, spec)}
+        # A model may take the image as e.g. UINT8 (with scale 1): feed it the dtype it declares.
+        feed = {first.name: preprocess(frame, spec).astype(to_numpy(first.datatype))}
         for extra in model.inputs[1:]:  # non-image inputs: standard normal values of the right shape
-            feed[extra.name] = rng.standard_normal(extra.shape).astype(np.float32)
+            feed[extra.name] = rng.standard_normal(extra.shape).astype(to_numpy(extra.datatype))
         feeds.append(feed)
     return feeds
 
@@ -30,6 +32,7 @@ def sample_inputs(model: OnnxModel, count: int, seed: int = 0) -> list[dict[str,
 def run_library(
     library: Path, feeds: Sequence[dict[str, np.ndarray]], input_names: list[str]
 ) -> list[list[np.ndarray]]:
+    """Outputs of the compiled library on `feeds`, through the same runtime API a camera uses."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -48,13 +51,20 @@ def _flatten(value: object) -> list[np.ndarray]:
 
 
 def run_onnxruntime(onnx_path: Path, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """The reference outputs: ONNX Runtime's CPU provider on the source model."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return [list(session.run(None, feed)) for feed in feeds]
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        return [list(session.run(None, feed)) for feed in feeds]
+    except Exception as exc:  # onnxruntime raises its own unexported exception types
+        raise VerificationError(
+            f"ONNX Runtime, the reference, cannot run {onnx_path.name}: {exc}; nothing was written"
+        ) from exc
 
 
 def max_difference(got: list[list[np.ndarray]], expected: list[list[np.ndarray]]) -> float:
+    """Largest |got - expected| over every sample and output, in float64; shape mismatches fail."""
     worst = 0.0
     for got_outputs, expected_outputs in zip(got, expected, strict=True):
         if len(got_outputs) != len(expected_outputs):
@@ -73,6 +83,7 @@ def max_difference(got: list[list[np.ndarray]], expected: list[list[np.ndarray]]
 
 
 def check(difference: float, tolerance: float) -> None:
+    """Raise VerificationError unless `difference` is within `tolerance` (NaN never is)."""
     if not difference <= tolerance:  # also catches NaN
         raise VerificationError(
             f"compiled model differs from ONNX Runtime by {difference:.3g} (tolerance {tolerance:.3g}); "

@@ -56,6 +56,8 @@ def load_onnx(path: Path) -> OnnxModel:
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [_spec(v, path) for v in proto.graph.input if v.name not in initializers]
     outputs = [_spec(v, path) for v in proto.graph.output]
+    if not inputs:
+        raise ModelImportError(f"{path} has no graph inputs (every input is an initializer); nothing to feed")
     meta = {p.key: p.value for p in proto.metadata_props}
     try:
         preprocessing = (
@@ -67,6 +69,7 @@ def load_onnx(path: Path) -> OnnxModel:
         labels = [str(x) for x in json.loads(meta.get("edgecam.labels", "[]"))]
     except ValueError as exc:
         raise ModelImportError(f"{path}: bad edgecam metadata: {exc}") from exc
+    check_preprocessing(preprocessing, inputs[0], path)
     name = meta.get("edgecam.model_name", path.stem)
     return OnnxModel(path, proto, name, inputs, outputs, preprocessing, postprocessing, labels)
 
@@ -96,6 +99,18 @@ def infer_preprocessing(spec: TensorSpec) -> Preprocessing:
         )
     _, channels, height, width = spec.shape
     return Preprocessing(height=height, width=width, color="GRAY" if channels == 1 else "RGB", layout="NCHW")
+
+
+def check_preprocessing(spec: Preprocessing, image: TensorSpec, path: Path) -> None:
+    """The preprocessing must produce exactly the first input's shape, or every frame would be refused."""
+    c, h, w = spec.channels, spec.height, spec.width
+    produced = [1, c, h, w] if spec.layout == "NCHW" else [1, h, w, c]
+    if image.shape != produced:
+        raise ModelImportError(
+            f"{path}: edgecam.preprocessing ({spec.layout}, {spec.color}, {h}x{w}) produces {produced}, "
+            f"but input {image.name!r} has shape {image.shape}; export the model for that shape (batch 1) "
+            "or fix the edgecam.preprocessing metadata"
+        )
 
 
 def to_relax(model: OnnxModel) -> Any:

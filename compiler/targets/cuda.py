@@ -1,4 +1,5 @@
-"""NVIDIA GPUs through TVM's CUDA backend, with DLight's default GPU schedules (no tuning yet).
+"""NVIDIA GPUs through TVM's CUDA backend: its default pipeline fuses, then applies DLight's
+default GPU schedules (no tuning yet).
 
 Builds need no GPU: the library embeds the CUDA kernels as source and TVM's runtime compiles them
 when it loads them (NVRTC). That is a fact of TVM 0.27 (a build with nvcc registered still embeds
@@ -45,23 +46,6 @@ class CudaTarget(Target):
         return tvm.target.Target(
             {"kind": "cuda", "arch": self.options.arch}, host={"kind": "llvm", "mtriple": TRIPLE}
         )
-
-    def build(self, mod: Any) -> Any:
-        import tvm
-        import tvm.s_tir.dlight as dl
-        from tvm import relax
-
-        target = self.tvm_target()
-        with target:
-            mod = relax.transform.LegalizeOps()(mod)
-            mod = dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(),
-                dl.gpu.GEMV(),
-                dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(),
-                dl.gpu.Fallback(),
-            )(mod)
-        return tvm.compile(mod, target=target)
 
     def info(self) -> TargetInfo:
         target = self.tvm_target()

@@ -15,7 +15,12 @@ import pytest
 from edgecam.compiler import verify
 from edgecam.compiler.artifact import load_artifact
 from edgecam.compiler.build import compile_model
-from edgecam.compiler.errors import ModelImportError, UnknownTargetError, VerificationError
+from edgecam.compiler.errors import (
+    InvalidOptionError,
+    ModelImportError,
+    UnknownTargetError,
+    VerificationError,
+)
 from edgecam.compiler.frontends.onnx import load_onnx
 
 _RUNTIME_ONLY = r"""
@@ -151,3 +156,74 @@ def test_cli_prints_the_check_and_fails_cleanly(convnet: Path, tmp_path: Path) -
     )
     assert bad.returncode == 2
     assert "unknown target 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compile_refuses_a_library_outside_the_tolerance_and_writes_nothing(
+    convnet: Path, tmp_path: Path
+) -> None:
+    """TVM and ONNX Runtime sum in different orders (diff ~1e-6 here): a 1e-12 tolerance must fail."""
+    with pytest.raises(VerificationError) as caught:
+        compile_model(convnet, "x86_64", tmp_path / "out", tolerance=1e-12, samples=2)
+    assert "tolerance 1e-12" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["convnet.onnx"]  # no staging left behind
+
+
+def test_manifest_records_source_measurements_and_target(convnet: Path, tmp_path: Path) -> None:
+    import tvm
+
+    manifest = compile_model(convnet, "x86_64", tmp_path / "art", samples=2).manifest
+    assert manifest.model_name == "convnet" and manifest.tvm_version == tvm.__version__
+    assert manifest.source is not None and manifest.source.sha256 == manifest.files["reference.onnx"]
+    assert manifest.measurements["library_bytes"] > 0 and manifest.measurements["build_seconds"] > 0
+    assert manifest.verification is not None and manifest.verification.samples == 2
+    assert manifest.target.tvm["mcpu"] and manifest.target.arch == "x86_64"
+    assert [(s.name, s.datatype, s.shape) for s in manifest.inputs] == [("image", "FP32", [1, 1, 28, 28])]
+    assert [(s.name, s.shape) for s in manifest.outputs] == [("logits", [1, 10])]
+
+
+def test_a_build_for_a_bigger_cpu_is_written_unverified_and_refused_here(
+    convnet: Path, tmp_path: Path
+) -> None:
+    """The SIGILL guard end to end: znver4 code is never run on a host without AVX-512."""
+    from edgecam.compiler.artifact import ArtifactError, host_cpu_features
+
+    if "avx512f" in host_cpu_features():
+        pytest.skip("this host can run znver4 code")
+    artifact = compile_model(convnet, "x86_64", tmp_path / "art", target_options={"mcpu": "znver4"})
+    assert artifact.manifest.verification is None
+    with pytest.raises(ArtifactError) as caught:
+        load_artifact(artifact.path)
+    assert caught.value.check == "cpu_features" and "avx512f" in str(caught.value)
+
+
+@pytest.mark.parametrize(("tolerance", "samples"), [(-1.0, 8), (float("nan"), 8), (1e-4, 0)])
+def test_option_values_are_refused_before_any_work(
+    convnet: Path, tmp_path: Path, tolerance: float, samples: int
+) -> None:
+    with pytest.raises(InvalidOptionError):
+        compile_model(convnet, "x86_64", tmp_path / "out", tolerance=tolerance, samples=samples)
+
+
+def test_preprocessing_that_does_not_fit_the_input_is_refused(convnet: Path, tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(convnet))
+    for prop in model.metadata_props:
+        if prop.key == "edgecam.preprocessing":
+            prop.value = json.dumps({"height": 32, "width": 32, "color": "RGB"})
+    onnx.save(model, str(tmp_path / "wrong.onnx"))
+    with pytest.raises(ModelImportError) as caught:
+        load_onnx(tmp_path / "wrong.onnx")
+    assert "[1, 3, 32, 32]" in str(caught.value) and "[1, 1, 28, 28]" in str(caught.value)
+
+
+def test_cli_module_imports_no_heavy_libraries() -> None:
+    """The lead's `edgecam` CLI mounts these commands; `edgecam --help` must stay fast."""
+    heavy = "{'tvm', 'tvm_ffi', 'onnx', 'onnxruntime', 'torch'}"
+    code = (
+        "import sys, edgecam.compiler.cli, edgecam.compiler.build, edgecam.compiler.targets;"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"
