@@ -1,7 +1,7 @@
 # Everything a developer runs; .ci/run calls the same targets.
 PY      := .venv/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT     := dataset-fashion-mnist prometheus
+APT     := dataset-fashion-mnist prometheus gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
 .PHONY: demo test test-slow lint typecheck proto bench ci
 
@@ -12,7 +12,8 @@ APT     := dataset-fashion-mnist prometheus
 	touch $@
 
 .apt-installed:
-	command -v prometheus >/dev/null && [ -d /usr/share/datasets/fashion-mnist ] || \
+	command -v prometheus >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null && \
+	  [ -d /usr/share/datasets/fashion-mnist ] || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $(APT))
 	touch $@

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import platform
 
-from edgecam.compiler.targets import cuda, x86
+from edgecam.compiler.targets import arm, cuda, x86
 from edgecam.compiler.targets.base import Target, create_target, register_target, target_names
 
-__all__ = ["Target", "create_target", "cuda", "host_target_name", "register_target", "target_names", "x86"]
+__all__ = [
+    "Target",
+    "arm",
+    "create_target",
+    "cuda",
+    "host_target_name",
+    "register_target",
+    "target_names",
+    "x86",
+]
 
-_HOST_TARGETS = {"x86_64": "x86_64"}
+_HOST_TARGETS = {"x86_64": "x86_64", "aarch64": "aarch64"}
 
 
 def host_target_name() -> str:
