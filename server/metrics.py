@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # Camera-scale latencies: a 1 ms classifier up to a 1 s detector on a small ARM core.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# Shadow score drift: |Δ probability| from float noise (1e-3) up to a different class (1).
+SHADOW_DRIFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 STAGES = ("capture", "preprocess", "infer", "postprocess", "total")
 
 
@@ -114,6 +116,41 @@ class EdgecamMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Shadow mode (shadow.py): sampled frames rerun on the fp32 reference, off the hot path.
+        shadow = ["camera", "model"]
+        self.shadow_samples = Counter(
+            "edgecam_shadow_samples",
+            "Sampled frames compared with the reference model.",
+            shadow,
+            registry=r,
+        )
+        self.shadow_agreements = Counter(
+            "edgecam_shadow_agreements",
+            "Shadow samples whose top-1 class matched the reference model's.",
+            shadow,
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "edgecam_shadow_skipped",
+            "Frames sampled for shadow mode but skipped because the reference queue was full.",
+            shadow,
+            registry=r,
+        )
+        self.shadow_agreement_ratio = Gauge(
+            "edgecam_shadow_agreement_ratio",
+            "Top-1 agreement with the reference model over shadow samples since start "
+            "(absent before the first sample).",
+            shadow,
+            registry=r,
+        )
+        self.shadow_drift = Histogram(
+            "edgecam_shadow_score_drift",
+            "Max absolute difference between the model's and the reference's scores "
+            "(probabilities when the model applies softmax) per shadow sample.",
+            shadow,
+            buckets=SHADOW_DRIFT_BUCKETS,
+            registry=r,
+        )
         build = Gauge(
             "edgecam_build_info", "edgecam version of this server (always 1).", ["version"], registry=r
         )
@@ -163,6 +200,12 @@ class EdgecamMetrics:
             self.predictions_labelled.labels(camera=camera).inc()
             if top1 == label:
                 self.predictions_correct.labels(camera=camera).inc()
+
+    def watch_shadow(self, camera: str, model: str) -> None:
+        """Export the shadow counters of (`camera`, `model`) at 0, so rate() sees the first increase."""
+        for counter in (self.shadow_samples, self.shadow_agreements, self.shadow_skipped):
+            counter.labels(camera=camera, model=model)
+        self.shadow_drift.labels(camera=camera, model=model)
 
     # -- what the collector reads ---------------------------------------------------------------
     def _camera_snapshots(self) -> Iterator[tuple[str, CameraSnapshot]]:

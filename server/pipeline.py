@@ -1,40 +1,63 @@
-"""One camera's loop: capture → latest-frame slot → preprocess → infer → postprocess → subscribers.
+"""One camera's loop: capture (+ preprocess) → newest-frame slot → infer → postprocess → subscribers.
 
-Two threads per camera. The capture thread reads the source as fast as it delivers and keeps only
-the newest frame (a frame replaced before inference is counted as dropped, reason "superseded"),
-so a slow model never makes a camera buffer and lag. The inference thread takes whatever frame is
-newest. When the source fails, the capture thread reopens it with capped exponential backoff.
+Two threads per camera. The capture thread (server/capture.py) reads the source as fast as it
+delivers, reopening it with backoff when it fails or stalls, and preprocesses each frame for the
+current model, so preprocessing overlaps the previous frame's inference. It keeps only the newest
+frame: one replaced before inference is counted as dropped (reason "superseded"), so a slow model
+never makes a camera buffer and lag. The inference thread takes whatever frame is newest, runs the
+model, publishes, and while it waits for frames it runs the capture side's frame-age watchdog.
+
+Several pipelines may share one LoadedModel: runtimes serialise or parallelise `run` themselves.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import Field
 
 from edgecam.postprocessing import Ranked, top_k
-from edgecam.preprocessing import preprocess
+from edgecam.preprocessing import Preprocessing, preprocess
+from edgecam.server.capture import CaptureOptions, SourceRunner
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.sources.base import Frame, FrameSource, SourceConfig, create_source
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.2  # how long a thread waits for work before it looks at the stop flag again
+# How long the inference thread waits for a frame before it looks at the stop flag and the
+# frame-age watchdog again: stall detection is late by at most this (or one inference, if longer).
+_POLL_S = 0.1
 
 
-class PipelineOptions(BaseModel):
+class PipelineOptions(CaptureOptions):
+    """Per-camera knobs; the source-healing ones (backoff, stall_reads, max_frame_age_s) are inherited."""
+
     max_fps: float | None = Field(default=None, gt=0)  # cap on inferences per second; None: no cap
     subscriber_queue: int = Field(default=16, ge=1)  # predictions buffered per stream subscriber
-    backoff_initial_s: float = Field(default=0.5, gt=0)  # first wait before reopening a failed source
-    backoff_max_s: float = Field(default=10.0, gt=0)  # the wait doubles up to this
-    stall_reads: int = Field(default=3, ge=1)  # consecutive empty reads that count as a stalled source
     fps_window_s: float = Field(default=5.0, gt=0)  # the window edgecam_camera_fps averages over
+    # Preprocess every captured frame on the capture thread, overlapping inference. It costs one
+    # preprocess per superseded frame (CPU the capture thread spends in vain when the camera is much
+    # faster than the model); False, or any max_fps, preprocesses only inferred frames, inline.
+    preprocess_ahead: bool = True
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """The newest captured frame, waiting for the inference thread."""
+
+    index: int
+    frame: Frame
+    spec: Preprocessing | None = None  # the preprocessing `tensor` was made with; None: not done
+    tensor: np.ndarray | None = None
+    preprocess_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,19 +153,20 @@ class CameraPipeline:
     ) -> None:
         self.name = name
         self.options = options or PipelineOptions()
-        self._source = source if isinstance(source, FrameSource) else create_source(source)
+        source = source if isinstance(source, FrameSource) else create_source(source)
+        self._capture = SourceRunner(name, source, metrics, self.options, self._offer)
         self._model = model
         self._metrics = metrics
         self._stop = threading.Event()
         self._cond = threading.Condition()  # guards the slot and the counters below
-        self._slot: tuple[int, Frame] | None = None
+        self._slot: _Pending | None = None
         self._captured = self._inferred = self._dropped = self._labelled = self._correct = 0
         self._last_captured_at: float | None = None
         self._inferred_times: collections.deque[float] = collections.deque()
-        self._up = False
         self._subscribers: set[Subscription] = set()
         self._threads: list[threading.Thread] = []
         self._started_at: float | None = None
+        self._failing: str | None = None  # the drop reason of the current run of failures
         metrics.watch_camera(name, self.status)
 
     # -- public ---------------------------------------------------------------------------------
@@ -151,7 +175,8 @@ class CameraPipeline:
             return
         self._stop.clear()
         self._started_at = time.monotonic()
-        for target, role in ((self._capture_loop, "capture"), (self._inference_loop, "infer")):
+        capture = functools.partial(self._capture.run, self._stop)
+        for target, role in ((capture, "capture"), (self._inference_loop, "infer")):
             # daemon: a source stuck in a driver call must not keep the process alive at exit
             thread = threading.Thread(target=target, name=f"edgecam-{role}-{self.name}", daemon=True)
             thread.start()
@@ -190,12 +215,13 @@ class CameraPipeline:
         return self._model
 
     def status(self) -> CameraStatus:
+        up = self._capture.up
         with self._cond:
             age = None if self._last_captured_at is None else max(0.0, time.time() - self._last_captured_at)
             return CameraStatus(
                 name=self.name,
-                source=self._source.describe(),
-                up=self._up,
+                source=self._capture.source.describe(),
+                up=up,
                 model_name=self._model.name,
                 model_version=self._model.version,
                 frames_inferred=self._inferred,
@@ -207,123 +233,100 @@ class CameraPipeline:
             )
 
     # -- capture thread -------------------------------------------------------------------------
-    def _capture_loop(self) -> None:
-        backoff = self.options.backoff_initial_s
-        attempt = 0
-        while not self._stop.is_set():
-            if attempt:
-                self._metrics.reconnects.labels(camera=self.name).inc()
-            attempt += 1
-            delivered = self._run_source()
-            if self._stop.is_set():
-                break
-            if delivered:  # it worked for a while: come back quickly, as after a first failure
-                backoff = self.options.backoff_initial_s
-            log.warning("camera %s: reopening %s in %.1f s", self.name, self._source.describe(), backoff)
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, self.options.backoff_max_s)
-
-    def _run_source(self) -> bool:
-        """Open the source and feed the slot until it fails or we stop; True if it gave any frame."""
-        try:
-            self._source.open()
-        except Exception as exc:  # SourceError, or whatever a driver raises: both mean "retry"
-            self._source_failed("open_failed", f"cannot open {self._source.describe()}: {exc}")
-            return False
-        self._up = True
-        log.info("camera %s: %s is open", self.name, self._source.describe())
-        delivered, misses = False, 0
-        try:
-            while not self._stop.is_set():
-                try:
-                    frame = self._source.read()
-                except Exception as exc:
-                    self._source_failed("read_failed", f"reading {self._source.describe()} failed: {exc}")
-                    break
-                if frame is None:
-                    misses += 1
-                    if misses >= self.options.stall_reads:
-                        self._source_failed(
-                            "stalled",
-                            f"no frame from {self._source.describe()} in "
-                            f"{misses} reads (stalled, disconnected or ended)",
-                        )
-                        break
-                    continue
-                delivered, misses = True, 0
-                self._offer(frame)
-        finally:
-            self._up = False
-            self._source.close()
-        return delivered
-
-    def _source_failed(self, reason: str, message: str) -> None:
-        self._metrics.camera_errors.labels(camera=self.name, reason=reason).inc()
-        log.warning("camera %s: %s", self.name, message)
-
     def _offer(self, frame: Frame) -> None:
+        """Make `frame` the newest one, preprocessed for the current model while inference runs."""
+        pending = self._prepare_ahead(frame)
         with self._cond:
             if self._slot is not None:
                 self._dropped += 1
                 self._metrics.frames_dropped.labels(camera=self.name, reason="superseded").inc()
-            self._slot = (self._captured, frame)
+            self._slot = _Pending(self._captured, frame, *pending)
             self._captured += 1
             self._last_captured_at = frame.captured_at
             self._cond.notify()
         self._metrics.frames_captured.labels(camera=self.name).inc()
 
+    def _prepare_ahead(self, frame: Frame) -> tuple[Preprocessing | None, np.ndarray | None, float]:
+        if not self.options.preprocess_ahead or self.options.max_fps:
+            return None, None, 0.0
+        spec = self._model.preprocessing
+        started = time.perf_counter()
+        try:
+            tensor = preprocess(frame.image, spec)
+        except Exception:  # the inference thread retries it inline and counts the failure there
+            return None, None, 0.0
+        return spec, tensor, time.perf_counter() - started
+
     # -- inference thread -----------------------------------------------------------------------
     def _inference_loop(self) -> None:
-        failing = False
         while not self._stop.is_set():
-            with self._cond:
-                self._cond.wait_for(lambda: self._slot is not None or self._stop.is_set(), _POLL_S)
-                item, self._slot = self._slot, None
-                model = self._model
-            if item is None:
+            pending, model = self._take()
+            if pending is None:
                 continue
             started = time.monotonic()
-            try:
-                prediction = self._infer(model, *item)
-            except Exception:
-                if not failing:  # one traceback per run of failures, not one per frame
-                    log.exception("camera %s: inference with model %s failed", self.name, model.name)
-                failing = True
-                self._count_drop("infer_failed")
+            prediction = self._infer(model, pending)
+            if prediction is None:
                 continue
-            failing = False
             self._publish(prediction)
             if self.options.max_fps:
                 self._stop.wait(started + 1.0 / self.options.max_fps - time.monotonic())
 
-    def _infer(self, model: LoadedModel, index: int, frame: Frame) -> Prediction:
+    def _take(self) -> tuple[_Pending | None, LoadedModel]:
+        """The newest frame (None after _POLL_S without one) and the model to run on it."""
+        self._capture.check_stalled()  # here, so a read blocked in a driver cannot delay it
+        with self._cond:
+            self._cond.wait_for(lambda: self._slot is not None or self._stop.is_set(), _POLL_S)
+            pending, self._slot = self._slot, None
+            return pending, self._model
+
+    def _infer(self, model: LoadedModel, pending: _Pending) -> Prediction | None:
+        """Preprocess (unless done ahead), run, postprocess; None if a stage failed (counted)."""
+        frame = pending.frame
         t0 = time.perf_counter()
-        waited = max(0.0, time.time() - frame.captured_at)  # the frame's age when inference starts
-        x = preprocess(frame.image, model.preprocessing)
-        t1 = time.perf_counter()
-        outputs = model.runtime.run({model.inputs[0].name: x})
-        t2 = time.perf_counter()
-        scores = outputs[model.postprocessing.output or model.outputs[0].name]
-        ranked = top_k(scores, model.labels, model.postprocessing)
+        try:
+            stage = "preprocess_failed"
+            x, preprocess_s = pending.tensor, pending.preprocess_s
+            if x is None or pending.spec is not model.preprocessing:  # not done ahead, or model swapped
+                x = preprocess(frame.image, model.preprocessing)
+                preprocess_s = time.perf_counter() - t0
+            stage = "infer_failed"
+            t1 = time.perf_counter()
+            outputs = model.runtime.run({model.inputs[0].name: x})
+            t2 = time.perf_counter()
+            scores = outputs[model.postprocessing.output or model.outputs[0].name]
+            ranked = top_k(scores, model.labels, model.postprocessing)
+        except Exception:
+            self._stage_failed(stage, model)
+            return None
+        self._failing = None
         t3 = time.perf_counter()
+        inferred_at = time.time()
+        total = max(0.0, inferred_at - frame.captured_at)
         latency = {
-            "capture": waited,
-            "preprocess": t1 - t0,
+            # time in the slot (and in the source's read): the age at inference start, less preprocessing
+            "capture": max(0.0, total - (t3 - t1) - preprocess_s),
+            "preprocess": preprocess_s,
             "infer": t2 - t1,
             "postprocess": t3 - t2,
-            "total": waited + (t3 - t0),
+            "total": total,
         }
         return Prediction(
             self.name,
-            index,
+            pending.index,
             frame.captured_at,
-            time.time(),
+            inferred_at,
             ranked,
             latency,
             frame.label,
             model.name,
             model.version,
         )
+
+    def _stage_failed(self, reason: str, model: LoadedModel) -> None:
+        if self._failing != reason:  # one traceback per run of failures, not one per frame
+            log.exception("camera %s: %s with model %s", self.name, reason.replace("_", " "), model.name)
+        self._failing = reason
+        self._count_drop(reason)
 
     def _publish(self, prediction: Prediction) -> None:
         top1 = prediction.top_k[0].index if prediction.top_k else None

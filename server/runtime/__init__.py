@@ -38,6 +38,7 @@ def load_model(
         raise ModelLoadError(
             f"{path} is neither an artifact directory (with manifest.json) nor an .onnx file"
         )
+    model.path = path
     _warm_up(model)
     # What loading and one run added to the process beyond the weights: the model's workspace.
     # An estimate (other threads allocate too), measured once, at load.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -36,4 +37,5 @@ class LoadedModel:
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     labels: list[str] = field(default_factory=list)
     manifest: Manifest | None = None
+    path: Path | None = None  # the artifact directory or .onnx file it was loaded from
     workspace_bytes: int = 0  # measured at load: process growth beyond the weights (see load_model)

@@ -43,6 +43,14 @@ class FrameSource(abc.ABC):
     def close(self) -> None:
         """Release the device or connection; safe to call twice."""
 
+    def limit_read_time(self, seconds: float) -> None:
+        """The pipeline's frame-age limit: a read that can block should give up within `seconds`.
+
+        The pipeline calls it once, before the first open. The default ignores it, which suits
+        sources whose reads return quickly; sources with driver-level read timeouts apply it there.
+        """
+        return None
+
     def describe(self) -> str:
         return self.kind
 

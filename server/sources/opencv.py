@@ -21,7 +21,9 @@ class OpenCVSourceConfig(SourceConfig):
     uri: str  # a file path, rtsp://..., http(s)://..., /dev/videoN or a device index N
     loop: bool = True  # files: start over at the end
     open_timeout_s: float = Field(default=10.0, gt=0)  # streams: give up connecting after this
-    read_timeout_s: float = Field(default=5.0, gt=0)  # streams: a read returns None after this
+    # streams: a read returns None after this (capped at the pipeline's frame-age limit). FFmpeg
+    # honours it for RTSP and HTTP MJPEG; after it fires the capture is dead and must be reopened.
+    read_timeout_s: float = Field(default=5.0, gt=0)
     realtime: bool = True  # files: pace at their native fps, like a camera would deliver them
 
 
@@ -46,6 +48,10 @@ class OpenCVSource(FrameSource):
         self._cap: Any = None
         self._frame_interval = 0.0  # files in realtime mode: seconds between frames
         self._next_at = 0.0
+        self._read_limit_s = config.read_timeout_s
+
+    def limit_read_time(self, seconds: float) -> None:
+        self._read_limit_s = min(self.config.read_timeout_s, seconds)
 
     def open(self) -> None:
         import cv2  # lazy: importing the server must not load OpenCV
@@ -69,7 +75,7 @@ class OpenCVSource(FrameSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(self.config.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            int(self.config.read_timeout_s * 1000),
+            int(self._read_limit_s * 1000),
         ]
         cap = cv2.VideoCapture(self.config.uri, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
