@@ -59,8 +59,8 @@ class EdgecamMetrics:
         self.frames = Counter("edgecam_frames", "Frames inferred.", ["camera"], registry=r)
         self.frames_dropped = Counter(
             "edgecam_frames_dropped",
-            "Frames captured but never inferred (superseded: a newer frame "
-            "replaced it; infer_failed: the model raised).",
+            "Frames captured but never inferred (superseded: a newer frame replaced it; "
+            "preprocess_failed: the frame could not be preprocessed; infer_failed: the model raised).",
             ["camera", "reason"],
             registry=r,
         )

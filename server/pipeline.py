@@ -28,6 +28,7 @@ from edgecam.preprocessing import Preprocessing, preprocess
 from edgecam.server.capture import CaptureOptions, SourceRunner
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.runtime.base import LoadedModel
+from edgecam.server.shadow import ShadowChecker
 from edgecam.server.sources.base import Frame, FrameSource, SourceConfig, create_source
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,10 @@ class CameraPipeline:
         model: LoadedModel,
         metrics: EdgecamMetrics,
         options: PipelineOptions | None = None,
+        shadow: ShadowChecker | None = None,
     ) -> None:
         self.name = name
+        self._shadow = shadow  # off the hot path: samples frames for the reference-model check
         self.options = options or PipelineOptions()
         source = source if isinstance(source, FrameSource) else create_source(source)
         self._capture = SourceRunner(name, source, metrics, self.options, self._offer)
@@ -181,6 +184,8 @@ class CameraPipeline:
             thread = threading.Thread(target=target, name=f"edgecam-{role}-{self.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self._shadow is not None:
+            self._shadow.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop both threads and end every subscription; returns within about `timeout` seconds."""
@@ -195,6 +200,8 @@ class CameraPipeline:
                     "camera %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout
                 )
         self._threads = []
+        if self._shadow is not None:
+            self._shadow.stop(timeout)
         for subscription in list(self._subscribers):
             subscription.close()
 
@@ -206,6 +213,8 @@ class CameraPipeline:
 
     def set_model(self, model: LoadedModel) -> None:
         """Swap the model; the next frame is inferred with it."""
+        if self._shadow is not None:
+            self._shadow.set_model(model)  # loads the new reference here, on the reload path
         with self._cond:
             self._model = model
         log.info("camera %s: now using model %s v%s", self.name, model.name, model.version)
@@ -291,9 +300,12 @@ class CameraPipeline:
                 preprocess_s = time.perf_counter() - t0
             stage = "infer_failed"
             t1 = time.perf_counter()
-            outputs = model.runtime.run({model.inputs[0].name: x})
+            feeds = {model.inputs[0].name: x}
+            outputs = model.runtime.run(feeds)
             t2 = time.perf_counter()
             scores = outputs[model.postprocessing.output or model.outputs[0].name]
+            if self._shadow is not None:
+                self._shadow.offer(feeds, scores)
             ranked = top_k(scores, model.labels, model.postprocessing)
         except Exception:
             self._stage_failed(stage, model)

@@ -9,6 +9,8 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgecam.server.shadow import ShadowConfig
+
 
 class ModelConfig(BaseModel):
     path: Path  # an artifact directory or a plain .onnx file
@@ -20,9 +22,13 @@ class CameraConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     source: str  # synthetic[:opts], a file, rtsp://..., http://..., /dev/videoN or a device index
     model: str | None = None  # default: the server's only model
-    max_fps: float | None = Field(
-        default=None, gt=0
-    )  # cap on inferences per second; None: as fast as frames come
+    # Cap on inferences per second; None: as fast as frames come.
+    max_fps: float | None = Field(default=None, gt=0)
+    # No frame for this long: the stream is stalled and is reopened. Above the camera's frame interval.
+    max_frame_age_s: float = Field(default=5.0, gt=0)
+    backoff_max_s: float = Field(default=10.0, gt=0)  # reconnect waits double up to this
+    # Also run a sampled share of frames on the fp32 reference model (the artifact's reference.onnx).
+    shadow: ShadowConfig | None = None
 
 
 class TlsConfig(BaseModel):

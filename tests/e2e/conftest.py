@@ -55,19 +55,17 @@ def video_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarr
 @pytest.fixture(scope="session")
 def server(bundled_artifact: Path, video_file: tuple[Path, np.ndarray]) -> Iterator[RunningServer]:
     """A real `edgecam serve` process: a synthetic camera, a video-file camera, and a camera that is gone."""
-    running = launch(
-        [
-            "--model",
-            str(bundled_artifact),
-            "--camera",
-            "synth=synthetic:fps=100",
-            "--camera",
-            f"video={video_file[0]}",
-            # Nothing listens on port 9: the server must start anyway and keep retrying.
-            "--camera",
-            "lost=http://127.0.0.1:9/stream.mjpg",
-        ]
+    # Through a YAML config file, as a fleet deploys it; flags can only add plain cameras.
+    config = video_file[0].parent / "edgecam.yaml"
+    config.write_text(
+        f"models: [{{path: '{bundled_artifact}'}}]\n"
+        "cameras:\n"
+        "  - {name: synth, source: 'synthetic:fps=100', shadow: {fraction: 0.5}}\n"
+        f"  - {{name: video, source: '{video_file[0]}'}}\n"
+        # Nothing listens on port 9: the server must start anyway and keep retrying.
+        "  - {name: lost, source: 'http://127.0.0.1:9/stream.mjpg'}\n"
     )
+    running = launch(["--config", str(config)])
     yield running
     code = running.stop()
     assert code == 0, "server did not exit cleanly on SIGTERM:\n" + "\n".join(running.log)

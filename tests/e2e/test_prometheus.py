@@ -94,6 +94,10 @@ def test_prometheus_scrapes_frames_and_latency(prometheus: str) -> None:
     assert _poll(prometheus, 'edgecam_model_memory_bytes{model="fashion_cnn",kind="weights"} > 0')
     assert _poll(prometheus, 'edgecam_model_memory_bytes{model="fashion_cnn",kind="workspace"}')
     assert _poll(prometheus, "process_resident_memory_bytes > 0")
+    agreement = _poll(prometheus, 'edgecam_shadow_agreement_ratio{camera="synth",model="fashion_cnn"}')
+    assert agreement, "shadow agreement never reached Prometheus"
+    assert float(agreement[0]["value"][1]) >= 0.99, "TVM disagrees with its own fp32 reference"
+    assert _poll(prometheus, 'edgecam_shadow_score_drift_count{camera="synth"} > 0')
     down = _poll(prometheus, 'edgecam_camera_up{camera="lost"} == 0')
     assert down, "the unreachable camera should be reported down"
     assert _poll(prometheus, 'edgecam_camera_errors_total{camera="lost"} > 0')
