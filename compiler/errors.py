@@ -25,3 +25,15 @@ class BuildError(CompilerError):
 
 class VerificationError(CompilerError):
     """The compiled model disagrees with ONNX Runtime beyond the tolerance; nothing was written."""
+
+
+class RecipeError(CompilerError):
+    """A recipe (or one pass config in it) that is invalid; the message names the field and the choices."""
+
+
+class PassError(CompilerError):
+    """A pass that cannot apply to a layer of this model; the message names the layer and why."""
+
+
+class AccuracyGateError(CompilerError):
+    """The compressed model lost more accuracy than the recipe allows; no artifact was written."""

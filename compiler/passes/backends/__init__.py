@@ -1,0 +1,1 @@
+"""Per-framework helpers the passes call (ONNX today; a torch backend sits beside it when needed)."""

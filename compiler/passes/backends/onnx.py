@@ -1,0 +1,104 @@
+"""The small ONNX interface passes build on: weights as numpy, producers/consumers, weighted layers.
+
+Passes copy the model (`OnnxGraph.copy_of`) and edit the copy; nothing here mutates a caller's proto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Operators whose second input is a trainable weight tensor, and which input that is.
+WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+@dataclass(frozen=True)
+class WeightedLayer:
+    node: Any  # onnx.NodeProto
+    weight: str  # initializer name
+    bias: str | None
+
+    @property
+    def name(self) -> str:
+        return str(self.node.name or self.node.output[0])
+
+
+class OnnxGraph:
+    """A model plus indexes over its graph. Rebuild (`OnnxGraph(model)`) after structural edits."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        graph = model.graph
+        self.initializers = {init.name: init for init in graph.initializer}
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    @classmethod
+    def copy_of(cls, model: Any) -> OnnxGraph:
+        import onnx
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return cls(copy)
+
+    def weight(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        return np.asarray(numpy_helper.to_array(self.initializers[name]))
+
+    def set_weight(self, name: str, value: np.ndarray) -> None:
+        """Replace an initializer's data (shape may change); keeps its name and position."""
+        from onnx import numpy_helper
+
+        self.initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+
+    def add_weight(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        if name in self.initializers:
+            raise ValueError(f"initializer {name!r} already exists")
+        init = self.model.graph.initializer.add()
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.initializers[name] = init
+        return name
+
+    def weighted_layers(self, op_types: tuple[str, ...] = tuple(WEIGHTED_OPS)) -> Iterator[WeightedLayer]:
+        """Layers with a constant weight (an initializer, not an activation), in graph order."""
+        for node in self.model.graph.node:
+            index = WEIGHTED_OPS.get(node.op_type)
+            if node.op_type not in op_types or index is None or len(node.input) <= index:
+                continue
+            if node.input[index] not in self.initializers:
+                continue
+            bias_index = 2 if node.op_type != "MatMul" else None
+            bias = node.input[bias_index] if bias_index is not None and len(node.input) > bias_index else None
+            yield WeightedLayer(node, node.input[index], bias or None)
+
+    def attribute(self, node: Any, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        for attr in node.attribute:
+            if attr.name == name:
+                return helper.get_attribute_value(attr)
+        return default
+
+    def remove_unused_initializers(self) -> None:
+        used = {name for node in self.model.graph.node for name in node.input}
+        used |= {out.name for out in self.model.graph.output}
+        keep = [init for init in self.model.graph.initializer if init.name in used]
+        del self.model.graph.initializer[:]
+        self.model.graph.initializer.extend(keep)
+        self.initializers = {init.name: init for init in keep}
+
+
+def parameter_count(model: Any) -> int:
+    """Elements in all floating-point and integer initializers (what a model "has" as parameters)."""
+    from onnx import numpy_helper
+
+    return int(sum(numpy_helper.to_array(init).size for init in model.graph.initializer))
