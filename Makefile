@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT     := dataset-fashion-mnist prometheus gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
-.PHONY: demo test test-slow lint typecheck proto bench ci
+.PHONY: demo test test-slow test-fleet lint typecheck proto bench ci
 
 .venv/.installed-dev: pyproject.toml
 	python3 -m venv .venv
@@ -24,12 +24,26 @@ demo: .venv/.installed-dev
 test: .venv/.installed-dev .apt-installed
 	$(PY) -m pytest
 
-test-slow: .venv/.installed-dev .apt-installed
+# What the fleet test needs to boot cameras: namespaces, debootstrap, systemd-nspawn, ssh.
+FLEET_APT := debootstrap systemd-container openssh-client iproute2
+
+.apt-installed-fleet:
+	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v ssh >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(FLEET_APT))
+	touch $@
+
+test-slow: .venv/.installed-dev .apt-installed .apt-installed-fleet
 	$(PY) -m pytest -m slow
+
+# The real-fleet Ansible test alone (~10 min on 2 cores, plus ~2 min the first time for the rootfs).
+test-fleet: .venv/.installed-dev .apt-installed .apt-installed-fleet
+	$(PY) -m pytest -m slow tests/deploy/test_ansible_fleet.py
 
 lint: .venv/.installed-dev
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	cd deploy/ansible && ../../.venv/bin/ansible-lint --offline
 
 # mypy does not follow setuptools' editable-install import hook, so check an installed copy.
 typecheck: .venv/.installed-dev

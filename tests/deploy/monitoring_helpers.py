@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -43,3 +45,23 @@ def promtool(*args: str | Path, cwd: Path | None = None) -> str:
     )
     assert result.returncode == 0, f"promtool {' '.join(map(str, args))}:\n{result.stdout}{result.stderr}"
     return result.stdout
+
+
+def fast_prometheus_config(workdir: Path, inventory: Path, scrape_s: int = 1) -> Path:
+    """The committed config and rules, scraped every `scrape_s` seconds and with `for:` cut to 2 s,
+    and file_sd targets generated from an Ansible inventory by the committed script.
+
+    Production `for:` values (1m … 2h) stay in the committed rules; only this temporary copy is
+    rewritten, so a test sees an alert fire in seconds.
+    """
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    interval = f"{scrape_s}s"
+    config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (workdir / "rules").mkdir()
+    for name in ("recording.yml", "alerts.yml"):
+        text = re.sub(r"^(\s+for:) \S+$", r"\1 2s", (RULES_DIR / name).read_text(), flags=re.M)
+        (workdir / "rules" / name).write_text(text)
+    file_sd = load_script(PROMETHEUS_DIR / "inventory_to_file_sd.py")
+    assert file_sd.main([str(inventory), "-o", str(workdir / "targets" / "edgecam.json")]) == 0
+    return workdir / "prometheus.yml"

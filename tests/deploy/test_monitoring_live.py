@@ -23,9 +23,7 @@ import yaml
 from monitoring_helpers import (
     DASHBOARD,
     PROMETHEUS,
-    PROMETHEUS_DIR,
-    RULES_DIR,
-    load_script,
+    fast_prometheus_config,
     needs_prometheus,
 )
 
@@ -73,20 +71,7 @@ def server() -> Iterator[RunningServer]:
 
 
 def _fast_copy(workdir: Path, metrics_address: str) -> Path:
-    """The committed config and rules, scraped every second and with `for:` cut to seconds.
-
-    Production `for:` values (1m … 2h) stay in the committed rules; only this temporary copy is
-    rewritten, so the test sees EdgecamCameraDown fire in seconds.
-    """
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    config["global"].update(
-        scrape_interval=f"{SCRAPE_S}s", scrape_timeout=f"{SCRAPE_S}s", evaluation_interval=f"{SCRAPE_S}s"
-    )
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    (workdir / "rules").mkdir()
-    for name in ("recording.yml", "alerts.yml"):
-        text = re.sub(r"^(\s+for:) \S+$", r"\1 2s", (RULES_DIR / name).read_text(), flags=re.M)
-        (workdir / "rules" / name).write_text(text)
+    """Prometheus config for the test server: one inventory host at the server's metrics address."""
     host, port = metrics_address.rsplit(":", 1)
     inventory = {
         "cameras": {
@@ -96,11 +81,7 @@ def _fast_copy(workdir: Path, metrics_address: str) -> Path:
         }
     }
     (workdir / "inventory.yml").write_text(yaml.safe_dump(inventory))
-    file_sd = load_script(PROMETHEUS_DIR / "inventory_to_file_sd.py")
-    assert (
-        file_sd.main([str(workdir / "inventory.yml"), "-o", str(workdir / "targets" / "edgecam.json")]) == 0
-    )
-    return workdir / "prometheus.yml"
+    return fast_prometheus_config(workdir, workdir / "inventory.yml", SCRAPE_S)
 
 
 @pytest.fixture(scope="module")
