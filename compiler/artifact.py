@@ -68,6 +68,17 @@ class SourceModel(BaseModel):
     sha256: str
 
 
+class CodedWeights(BaseModel):
+    """Weights the library takes as arguments instead of holding them: stored coded in `file`."""
+
+    file: str  # the bundle inside the artifact (edgecam/weight_codec.py format)
+    codec: str  # the codec of every tensor in it, e.g. "kmeans-huffman/1"
+    params: list[str]  # tensor names, in the order the library takes them after the inputs
+    # A library function run once at load on the decoded params (TVM's LiftTransformParams: weight
+    # transposes/layouts); `main` then takes its outputs instead. None: `main` takes the params as they are.
+    transform: str | None = None
+
+
 class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     edgecam_version: str = __version__
@@ -84,6 +95,10 @@ class Manifest(BaseModel):
     labels: list[str] = Field(default_factory=list)
     source: SourceModel | None = None
     recipe: dict[str, Any] | None = None
+    # `edgecam compress`: the report summary (original and final numbers, accuracy gate); the full
+    # report is report.json (+ report.png) among `files`.
+    compression: dict[str, Any] | None = None
+    coded_weights: CodedWeights | None = None
     verification: Verification | None = None
     measurements: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
@@ -114,6 +129,10 @@ def write_artifact(out_dir: Path, manifest: Manifest, files: Mapping[str, Path])
     """
     if manifest.library not in files:
         raise ArtifactError("library", f"{manifest.library!r} is not among the files {sorted(files)}")
+    if manifest.coded_weights is not None and manifest.coded_weights.file not in files:
+        raise ArtifactError(
+            "coded_weights", f"{manifest.coded_weights.file!r} is not among the files {sorted(files)}"
+        )
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -168,6 +187,11 @@ def load_artifact(path: Path, check_host: bool = True) -> Artifact:
 def _verify_files(path: Path, manifest: Manifest) -> None:
     if manifest.library not in manifest.files:
         raise ArtifactError("library", f"library {manifest.library!r} is not listed in the manifest's files")
+    coded = manifest.coded_weights
+    if coded is not None and coded.file not in manifest.files:
+        raise ArtifactError(
+            "coded_weights", f"weights file {coded.file!r} is not listed in the manifest's files"
+        )
     for name, expected in manifest.files.items():
         file = path / name
         if not file.is_file():

@@ -6,12 +6,17 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from edgecam import weight_codec
 from edgecam.compiler import verify
 from edgecam.compiler.artifact import (
     Artifact,
+    CodedWeights,
     Manifest,
     SourceModel,
     Verification,
@@ -22,12 +27,27 @@ from edgecam.compiler.errors import BuildError, CompilerError, InvalidOptionErro
 from edgecam.compiler.frontends.onnx import OnnxModel, load_onnx, to_relax
 from edgecam.compiler.targets import Target, create_target
 
+if TYPE_CHECKING:
+    from edgecam.compiler.passes.base import WeightCoding
+
 log = logging.getLogger(__name__)
 
 STEPS = ("import", "build", "verify", "write")
 DEFAULT_TOLERANCE = 1e-4  # absolute, for fp32 logits: TVM and ORT sum in different orders
 DEFAULT_SAMPLES = 8
 REFERENCE_NAME = "reference.onnx"
+WEIGHTS_NAME = "weights.ecw"
+TRANSFORM_FUNCTION = "main_transform_params"  # what LiftTransformParams names main's weight transform
+
+
+@dataclass
+class _CodedParams:
+    """Initializers the artifact stores coded: `main` takes them (decoded) after its inputs, in this order."""
+
+    names: list[str]
+    blobs: dict[str, bytes]
+    arrays: list[np.ndarray]  # decoded by the runtime's codec, equal to the model's initializers
+    transform: str | None = None
 
 
 def compile_model(
@@ -38,17 +58,24 @@ def compile_model(
     tolerance: float = DEFAULT_TOLERANCE,
     samples: int = DEFAULT_SAMPLES,
     on_step: Callable[[str], None] = lambda step: None,
+    weight_coding: WeightCoding | None = None,
 ) -> Artifact:
     """Compile an ONNX model for `target` and write a verified artifact to `out_dir`.
 
-    `on_step` is called with each of STEPS as it starts (the CLI draws progress from it). Raises
-    CompilerError subclasses; on any failure nothing is written.
+    `on_step` is called with each of STEPS as it starts (the CLI draws progress from it). With
+    `weight_coding`, its initializers are not baked into the library: the library takes them as
+    arguments and the artifact stores them coded in WEIGHTS_NAME (decoded by the runtime at load).
+    A codec the runtime cannot decode is not stored (the model's values are built in, with a warning).
+    Raises CompilerError subclasses; on any failure nothing is written.
     """
     _check_options(tolerance, samples)
     builder = create_target(target, **(target_options or {}))
     on_step("import")
     model = load_onnx(Path(model_path))
-    mod = to_relax(model)
+    coded = _coded_params(model, weight_coding) if weight_coding is not None else None
+    mod = to_relax(model, coded.names if coded else ())
+    if coded is not None:
+        mod, coded.transform = _lift_weight_transforms(mod)
     on_step("build")
     started = time.perf_counter()
     executable = _build(builder, mod, target)
@@ -58,17 +85,22 @@ def compile_model(
         on_step("verify")
         verification = None
         if builder.runs_here():
-            verification = _verify(model, Path(tmp) / library, tolerance, samples)
+            verification = _verify(model, Path(tmp) / library, tolerance, samples, coded)
         else:
             log.warning(
                 "this host cannot run %s code: the artifact is not verified against ONNX Runtime", target
             )
         on_step("write")
         manifest = _manifest(model, builder, Path(tmp) / library, verification, build_seconds)
-        # The source model travels along: the server's reference for shadow checks and debugging.
-        return write_artifact(
-            Path(out_dir), manifest, {library: Path(tmp) / library, REFERENCE_NAME: model.path}
-        )
+        files = {library: Path(tmp) / library}
+        if coded is None:
+            # The source model travels along: the server's reference for shadow checks and debugging.
+            files[REFERENCE_NAME] = model.path
+        else:
+            # Not the source model: its raw weights would undo the coding's size gain.
+            manifest = _with_coded_weights(manifest, coded, Path(tmp) / WEIGHTS_NAME)
+            files[WEIGHTS_NAME] = Path(tmp) / WEIGHTS_NAME
+        return write_artifact(Path(out_dir), manifest, files)
 
 
 def _manifest(
@@ -122,10 +154,75 @@ def _export(builder: Target, executable: Any, directory: Path, target: str) -> s
         ) from exc
 
 
-def _verify(model: OnnxModel, library: Path, tolerance: float, samples: int) -> Verification:
+def _verify(
+    model: OnnxModel, library: Path, tolerance: float, samples: int, coded: _CodedParams | None
+) -> Verification:
     feeds = verify.sample_inputs(model, samples)
-    got = verify.run_library(library, feeds, [spec.name for spec in model.inputs])
+    params, transform = (coded.arrays, coded.transform) if coded else ([], None)
+    got = verify.run_library(library, feeds, [spec.name for spec in model.inputs], params, transform)
     expected = verify.run_onnxruntime(model.path, feeds)
     difference = verify.max_difference(got, expected)
     verify.check(difference, tolerance)
     return Verification(samples=samples, max_abs_diff=difference, tolerance=tolerance)
+
+
+def _coded_params(model: OnnxModel, coding: WeightCoding) -> _CodedParams | None:
+    """The coded initializers in model order, checked: blobs that decode (with the runtime's own decoder)
+    to exactly the model's values, which verification then runs. None for a codec the camera runtime
+    cannot decode: those initializers stay in the library as the (decoded) values the model holds."""
+    from onnx import numpy_helper
+
+    if not coding.encoded:
+        return None
+    if coding.codec != weight_codec.CODEC:
+        log.warning(
+            "weight_coding codec %r is not one the camera runtime decodes (%r): its initializers are "
+            "stored in the library as plain values, not coded",
+            coding.codec,
+            weight_codec.CODEC,
+        )
+        return None
+    initializers = {init.name: init for init in model.proto.graph.initializer}
+    unknown = sorted(set(coding.encoded) - set(initializers))
+    if unknown:
+        raise InvalidOptionError(
+            f"weight_coding holds {unknown}, which are not initializers of {model.path.name}; "
+            f"initializers: {sorted(initializers)}"
+        )
+    names = [name for name in initializers if name in coding.encoded]
+    arrays = []
+    for name in names:
+        expected = numpy_helper.to_array(initializers[name])
+        try:
+            decoded = weight_codec.decode(coding.encoded[name])
+        except weight_codec.WeightCodecError as exc:
+            raise BuildError(f"coded initializer {name!r} does not decode: {exc}") from exc
+        if decoded.dtype != expected.dtype or not np.array_equal(decoded, expected):
+            raise BuildError(
+                f"coded initializer {name!r} decodes to other values than the model holds "
+                f"({decoded.dtype}{list(decoded.shape)} vs {expected.dtype}{list(expected.shape)}); "
+                "compile the model the coding pass returned"
+            )
+        arrays.append(decoded)
+    return _CodedParams(names, {name: coding.encoded[name] for name in names}, arrays)
+
+
+def _lift_weight_transforms(mod: Any) -> tuple[Any, str | None]:
+    """Move computations on the weight arguments alone (e.g. the transpose of a Gemm weight) into a
+    function the runtime runs once at load: bound as constants, FoldConstant would have done them at
+    build time; as arguments they would otherwise run on every frame."""
+    from tvm import relax
+
+    lifted = relax.transform.LiftTransformParams()(mod)
+    names = {gv.name_hint for gv in lifted.get_global_vars()}
+    return lifted, TRANSFORM_FUNCTION if TRANSFORM_FUNCTION in names else None
+
+
+def _with_coded_weights(manifest: Manifest, coded: _CodedParams, path: Path) -> Manifest:
+    """Write the bundle to `path` and record it (its sha256 is added with every file's)."""
+    weight_codec.write_bundle(path, coded.blobs)
+    entry = CodedWeights(
+        file=path.name, codec=weight_codec.CODEC, params=coded.names, transform=coded.transform
+    )
+    measurements = {**manifest.measurements, "coded_weight_bytes": float(path.stat().st_size)}
+    return manifest.model_copy(update={"coded_weights": entry, "measurements": measurements})

@@ -1,8 +1,12 @@
-"""`edgecam compile`: the compiler's commands. Mounted by edgecam/cli.py; tvm/onnx load only when run."""
+"""`edgecam compile|compress|report`: the compiler's commands. Mounted by edgecam/cli.py; tvm/onnx load
+only when run."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -69,3 +73,160 @@ def compile_command(
     console.print(f"  {size / 1024:.0f} KiB, built in {m.measurements['build_seconds']:.1f} s; {check}")
     if m.target.cpu_features:
         console.print(f"  needs CPU features: {' '.join(m.target.cpu_features)}")
+
+
+_RUNS = typer.Option(
+    50, "--runs", min=1, help="Timed batch-1 inferences per step and engine (after warm-up)."
+)
+_TVM_LATENCY = typer.Option(
+    True, "--tvm-latency/--no-tvm-latency", help="Build every step with TVM (untuned) and time it too."
+)
+
+
+@app.command("compress")
+def compress_command(
+    model: Path | None = typer.Argument(
+        None, exists=True, dir_okay=False, help="The ONNX model; default: the recipe's `model`."
+    ),
+    recipe: Path = typer.Option(
+        ..., "--recipe", "-r", exists=True, dir_okay=False, help="Recipe (YAML/JSON)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write (replaced atomically)."),
+    runs: int = _RUNS,
+    tvm_latency: bool = _TVM_LATENCY,
+) -> None:
+    """Compress a model with a recipe, measure every step, gate on accuracy, compile the result."""
+    from rich.console import Console
+
+    from edgecam.compiler.compress import GateFailure, compress
+    from edgecam.compiler.evaluate import MeasureOptions
+    from edgecam.compiler.report import table
+
+    console, errors = _stdout_console(), Console(stderr=True)
+    with _compiler_errors(errors):
+        (loaded, path), base_dir = _recipe_and_model(recipe, model)
+        options = MeasureOptions(runs=runs, tvm=tvm_latency)
+        try:
+            with _progress(errors) as on_progress:
+                artifact, report = compress(path, loaded, base_dir, out, on_progress, options)
+        except GateFailure as exc:
+            console.print(table(exc.report))
+            raise
+    console.print(table(report))
+    errors.print(
+        f"[green]✓[/] {artifact.manifest.model_name} for {artifact.manifest.target.name} → {artifact.path}"
+    )
+
+
+@app.command("report")
+def report_command(
+    path: Path = typer.Argument(
+        ...,
+        exists=True,
+        help="An artifact directory (shows its stored report) or an ONNX model (measures it).",
+    ),
+    recipe: Path | None = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        exists=True,
+        dir_okay=False,
+        help="Recipe to measure MODEL with (required for a model).",
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write the accuracy/size/latency plot (PNG) here."
+    ),
+    runs: int = _RUNS,
+    tvm_latency: bool = _TVM_LATENCY,
+) -> None:
+    """Show an artifact's compression report, or measure a model with a recipe without writing an artifact."""
+    from rich.console import Console
+
+    from edgecam.compiler.compress import measure_recipe
+    from edgecam.compiler.errors import RecipeError
+    from edgecam.compiler.evaluate import MeasureOptions
+    from edgecam.compiler.report import table, write_json, write_plot
+
+    console, errors = _stdout_console(), Console(stderr=True)
+    with _compiler_errors(errors):
+        if path.is_dir():
+            report = _stored_report(path)
+        elif recipe is None:
+            raise RecipeError(
+                f"{path} is a model: pass --recipe to measure it (or give an artifact directory)"
+            )
+        else:
+            (loaded, model), base_dir = _recipe_and_model(recipe, path)
+            with _progress(errors) as on_progress:
+                options = MeasureOptions(runs=runs, tvm=tvm_latency)
+                report = measure_recipe(model, loaded, base_dir, on_progress, options).report
+        console.print(table(report))
+        for target, write in ((json_path, write_json), (plot, write_plot)):
+            if target is not None:
+                errors.print(f"wrote {write(report, target)}")
+
+
+def _recipe_and_model(recipe_path: Path, model: Path | None) -> tuple[tuple[Any, Path], Path]:
+    """The recipe, the model to compress (the argument, else the recipe's `model`) and the recipe's dir."""
+    from edgecam.compiler.errors import RecipeError
+    from edgecam.compiler.recipe import load_recipe
+
+    recipe, base_dir = load_recipe(recipe_path)
+    if model is None:
+        if recipe.model is None:
+            raise RecipeError(f"no model: give MODEL or set `model:` in {recipe_path}")
+        model = recipe.model if recipe.model.is_absolute() else base_dir / recipe.model
+    return (recipe, model), base_dir
+
+
+def _stored_report(artifact_dir: Path) -> Any:
+    """An artifact's report.json, after the artifact's hashes check out (any host may read it)."""
+    from edgecam.compiler.artifact import load_artifact
+    from edgecam.compiler.errors import CompilerError
+    from edgecam.compiler.report import REPORT_JSON, load_report
+
+    artifact = load_artifact(artifact_dir, check_host=False)
+    if REPORT_JSON not in artifact.manifest.files:
+        raise CompilerError(
+            f"{artifact_dir} has no {REPORT_JSON}: it was made by `edgecam compile`, not `edgecam compress`"
+        )
+    return load_report(artifact_dir / REPORT_JSON)
+
+
+def _stdout_console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    # Piped or captured output has no width of its own (rich assumes 80); the table needs ~150.
+    return console if console.is_terminal else Console(width=160)
+
+
+@contextlib.contextmanager
+def _compiler_errors(console: Any) -> Iterator[None]:
+    """CompilerError, ArtifactError and OSError → a red message and exit status 2, no traceback."""
+    from rich.markup import escape
+
+    from edgecam.compiler.artifact import ArtifactError
+    from edgecam.compiler.errors import CompilerError
+
+    try:
+        yield
+    except (CompilerError, ArtifactError, OSError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)  # no breaks inside paths
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _progress(console: Any) -> Iterator[Callable[[str, int, int], None]]:
+    """A transient progress bar driven by (message, stages done, stages in all) callbacks."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_progress(message: str, done: int, total: int) -> None:
+            progress.update(task, description=message, completed=done, total=total)
+
+        yield on_progress

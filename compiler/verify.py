@@ -30,16 +30,27 @@ def sample_inputs(model: OnnxModel, count: int, seed: int = 0) -> list[dict[str,
 
 
 def run_library(
-    library: Path, feeds: Sequence[dict[str, np.ndarray]], input_names: list[str]
+    library: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    input_names: list[str],
+    params: Sequence[np.ndarray] = (),
+    transform: str | None = None,
 ) -> list[list[np.ndarray]]:
-    """Outputs of the compiled library on `feeds`, through the same runtime API a camera uses."""
+    """Outputs of the compiled library on `feeds`, through the same runtime API a camera uses.
+
+    `params` are weights the library takes after the inputs (an artifact's coded weights, decoded);
+    with `transform`, that function runs once on them first and `main` takes its outputs, as on a camera.
+    """
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
     vm = VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    weights = [tvm.runtime.tensor(np.ascontiguousarray(value), tvm.cpu()) for value in params]
+    if transform is not None:
+        weights = list(vm[transform](weights))
     results = []
     for feed in feeds:
-        out = vm["main"](*(tvm.runtime.tensor(feed[name], tvm.cpu()) for name in input_names))
+        out = vm["main"](*(tvm.runtime.tensor(feed[name], tvm.cpu()) for name in input_names), *weights)
         results.append(_flatten(out))
     return results
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,11 +115,58 @@ def check_preprocessing(spec: Preprocessing, image: TensorSpec, path: Path) -> N
         )
 
 
-def to_relax(model: OnnxModel) -> Any:
-    """The Relax IRModule with weights bound as constants (what the build pipelines expect)."""
+def to_relax(model: OnnxModel, params: Sequence[str] = ()) -> Any:
+    """The Relax IRModule with weights bound as constants (what the build pipelines expect), except the
+    initializers named in `params`: those become arguments of `main` after the inputs, in that order,
+    and `main`'s `num_input` counts the real inputs only (so LiftTransformParams can tell them apart).
+
+    Turning only those initializers into graph inputs (rather than `keep_params_in_input=True` and
+    binding the rest back) leaves every other weight exactly as the constant path imports it.
+    """
     from tvm.relax.frontend.onnx import from_onnx
 
+    proto = _initializers_as_inputs(model, params) if params else model.proto
     try:
-        return from_onnx(model.proto, keep_params_in_input=False)
+        with warnings.catch_warnings():
+            # Initializer names such as "onnx::Conv_54" are renamed as argument names; harmless here,
+            # since the runtime passes the arguments by position.
+            warnings.filterwarnings("ignore", message="Renaming name", category=UserWarning)
+            mod = from_onnx(proto, keep_params_in_input=False)
     except Exception as exc:  # TVM reports unsupported operators with assorted error types
         raise ModelImportError(f"TVM could not import {model.path}: {exc}") from exc
+    if params:
+        arguments = len(mod["main"].params)
+        if arguments != len(model.inputs) + len(params):
+            raise ModelImportError(
+                f"{model.path}: TVM's main takes {arguments} arguments, expected {len(model.inputs)} inputs "
+                f"+ {len(params)} coded weights"
+            )
+        mod["main"] = mod["main"].with_attr("num_input", len(model.inputs))
+    return mod
+
+
+def _initializers_as_inputs(model: OnnxModel, names: Sequence[str]) -> Any:
+    """A copy of the model whose initializers `names` are graph inputs instead, appended in that order."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    missing = [name for name in names if name not in initializers]
+    if missing:
+        raise ModelImportError(
+            f"{model.path}: coded weights {missing} are not initializers of the model; "
+            f"initializers: {sorted(initializers)}"
+        )
+    chosen = set(names)
+    keep = [init for init in graph.initializer if init.name not in chosen]
+    inputs = [value for value in graph.input if value.name not in chosen]  # IR < 4 lists them as inputs too
+    del graph.initializer[:], graph.input[:]
+    graph.initializer.extend(keep)
+    graph.input.extend(inputs)
+    for name in names:
+        init = initializers[name]
+        graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+    return proto

@@ -107,7 +107,7 @@ P = TypeVar("P", bound=type[CompressionPass[Any]])
 def register_pass(cls: P) -> P:
     """Class decorator: make `cls` available under its config's `kind`."""
     field_info = cls.config_type.model_fields["kind"]
-    kinds = getattr(field_info.annotation, "__args__", ())
+    kinds: tuple[Any, ...] = getattr(field_info.annotation, "__args__", ())
     if len(kinds) != 1 or not isinstance(kinds[0], str):
         raise TypeError(f"{cls.config_type.__name__}.kind must be a Literal of one string")
     kind = kinds[0]

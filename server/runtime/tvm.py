@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecam.compiler.artifact import Artifact
+from edgecam import weight_codec
+from edgecam.compiler.artifact import Artifact, ArtifactError
 from edgecam.datatypes import to_numpy
 from edgecam.server.errors import ModelLoadError
 
@@ -77,12 +78,16 @@ class TvmRuntime:
         self._outputs = list(manifest.outputs)
         self._lock = threading.Lock()
         self._device = self._tvm.cpu()
+        decoded = decode_weights(artifact)  # before the library: a bad weights file is refused first
         self._vm = self._load_vm(self._library)
         try:
             self._main = self._vm[entry]
         except Exception as exc:  # tvm raises its own error types for a missing function
             raise ModelLoadError(f"{self._library} has no function {entry!r}: {exc}") from exc
-        self._memory = self._library.stat().st_size + _param_bytes(artifact)
+        # Coded weights: TVM tensors made once here, passed after the inputs on every call.
+        self._params = self._weight_tensors(decoded, artifact)
+        decoded_bytes = sum(array.nbytes for array in decoded)
+        self._memory = self._library.stat().st_size + _param_bytes(artifact) + decoded_bytes
         self._verify()
 
     def _load_vm(self, library: Path) -> Any:
@@ -97,6 +102,19 @@ class TvmRuntime:
         except Exception as exc:
             raise ModelLoadError(
                 f"{library} is not a TVM Relax VM executable (exported with export_library?): "
+                f"{_last_line(exc)}"
+            ) from exc
+
+    def _weight_tensors(self, decoded: list[np.ndarray], artifact: Artifact) -> list[Any]:
+        tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in decoded]
+        coded = artifact.manifest.coded_weights
+        if coded is None or coded.transform is None:
+            return tensors
+        try:  # weight transposes/layouts the compiler lifted out of `main`: once, at load
+            return list(self._vm[coded.transform](tensors))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{self._library}: the weight transform {coded.transform!r} failed on {coded.file}: "
                 f"{_last_line(exc)}"
             ) from exc
 
@@ -127,7 +145,7 @@ class TvmRuntime:
         tensor = self._tvm.runtime.tensor
         args = [tensor(np.ascontiguousarray(inputs[s.name]), self._device) for s in self._inputs]
         with self._lock:
-            result = self._main(*args)
+            result = self._main(*args, *self._params)
             values = _flatten(result)
         if len(values) != len(self._outputs):
             raise RuntimeError(
@@ -180,6 +198,31 @@ def check_elf(path: Path) -> None:
             f"TVM library {path} is truncated: {len(data)} bytes, its headers need {max(ends)}; "
             "re-export or re-copy the artifact"
         )
+
+
+def decode_weights(artifact: Artifact) -> list[np.ndarray]:
+    """The artifact's coded weights, decoded in the order the library takes them (none: empty)."""
+    coded = artifact.manifest.coded_weights
+    if coded is None:
+        return []
+    path = artifact.path / coded.file
+    if coded.codec != weight_codec.CODEC:
+        raise ArtifactError(
+            "coded_weights", f"{path} uses codec {coded.codec!r}; this runtime decodes {weight_codec.CODEC!r}"
+        )
+    try:
+        blobs = weight_codec.read_bundle(path)
+    except weight_codec.WeightCodecError as exc:
+        raise ArtifactError("coded_weights", f"{path}: {exc}") from exc
+    if list(blobs) != coded.params:
+        raise ArtifactError("coded_weights", f"{path} holds {list(blobs)}; the manifest lists {coded.params}")
+    arrays = []
+    for name in coded.params:
+        try:
+            arrays.append(weight_codec.decode(blobs[name]))
+        except weight_codec.WeightCodecError as exc:
+            raise ArtifactError("coded_weights", f"{path}, tensor {name!r}: {exc}") from exc
+    return arrays
 
 
 def _param_bytes(artifact: Artifact) -> int:

@@ -5,7 +5,8 @@ Passes copy the model (`OnnxGraph.copy_of`) and edit the copy; nothing here muta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fnmatch
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,3 +103,26 @@ def parameter_count(model: Any) -> int:
     from onnx import numpy_helper
 
     return int(sum(numpy_helper.to_array(init).size for init in model.graph.initializer))
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a layer name matches one of the fnmatch patterns a pass config's `layers`/`exclude` hold."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def tensor_shapes(model: Any) -> dict[str, list[int | None]]:
+    """Static shape of every tensor (inputs, initializers, intermediates, outputs) by ONNX shape
+    inference on a copy; an unknown dimension is None. Stale value_info is ignored (re-inferred)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=True)
+    graph = inferred.graph
+    shapes: dict[str, list[int | None]] = {init.name: list(init.dims) for init in graph.initializer}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes

@@ -1,0 +1,204 @@
+"""Benchmark: EfficientNet-Lite0 int8 (edgecam's `int8` pass) against fp32, under ONNX Runtime.
+
+    .venv/bin/python bench/bench_int8_efficientnet.py [--runs 200] [--threads 2]
+
+Applies models/efficientnet_lite0/recipes/int8.yaml (calibrated on OpenCV's sample photos) and
+measures, on the recipe's evaluation set (scikit-image photos + vtest.avi frames, no labels):
+top-1 agreement of int8 with fp32, with ORT's exact int8 kernels and with its default ones (which
+saturate on x86 without VNNI); for scale, the agreement fp16 reaches and the agreement of fp32 with
+itself on the same frames re-encoded as JPEG (quality 95). Then ONNX Runtime latency (median, p99)
+of each model, interleaved in rounds so machine load hits them alike. Results go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+ROUNDS = 4
+CONFIDENT = 0.5  # fp32 softmax top-1 probability above which a prediction counts as confident
+
+
+def machine(threads: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
+    )
+    flags = set(next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "").split())
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "isa": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"}),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnxruntime_threads": threads,
+        "loadavg_before": os.getloadavg()[0],
+    }
+
+
+def latency(sessions: dict[str, Any], feed: dict[str, np.ndarray], runs: int) -> dict[str, dict[str, float]]:
+    """Median and p99 (ms) per session: ROUNDS rounds, each session in turn, 10 warm-up runs each."""
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(ROUNDS):
+        for name, runner in sessions.items():
+            samples[name] += timed(lambda r=runner: r.run(None, feed), runs // ROUNDS)
+    return {
+        name: {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(ms)}
+        for name, ms in samples.items()
+    }
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 10) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def photo_count(recipe: Path) -> int:
+    """How many evaluation images come before the video frames (the recipe's first part)."""
+    from edgecam.compiler.datasets import ConcatData, load_dataset
+    from edgecam.compiler.recipe import load_recipe
+
+    loaded, base_dir = load_recipe(recipe)
+    if not isinstance(loaded.evaluation, ConcatData):
+        raise SystemExit(f"{recipe}: expected `evaluation: {{kind: concat, parts: [photos, video]}}`")
+    return len(load_dataset(loaded.evaluation.parts[0], base_dir))
+
+
+def jpeg_floor(model: Any, recipe: Path, reference: np.ndarray) -> float:
+    """Agreement of fp32 with itself when every evaluation image is JPEG-encoded (q95) first: how much
+    a change no one would call a different picture moves the top-1 class on this set."""
+    import cv2
+
+    from edgecam.compiler.datasets import load_dataset
+    from edgecam.compiler.recipe import load_recipe
+    from edgecam.models.efficientnet_lite0 import PREPROCESSING
+    from edgecam.models.efficientnet_lite0.agreement import agreement, logits, session
+    from edgecam.preprocessing import preprocess
+
+    loaded, base_dir = load_recipe(recipe)
+    feeds = []
+    for sample in load_dataset(loaded.evaluation, base_dir):
+        image = sample.image if sample.image.ndim == 3 else cv2.cvtColor(sample.image, cv2.COLOR_GRAY2BGR)
+        _, data = cv2.imencode(".jpg", image[:, :, :3], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        feeds.append({"image": preprocess(cv2.imdecode(data, cv2.IMREAD_COLOR), PREPROCESSING)})
+    return agreement(reference, logits(session(model), feeds))
+
+
+def agreements(run: Any, fp16: Any, photos: int) -> tuple[dict[str, Any], np.ndarray]:
+    from edgecam.models.efficientnet_lite0.agreement import agreement, logits, session
+
+    reference = logits(session(run.fp32), run.evaluation)
+    exact = logits(session(run.compressed), run.evaluation)
+    default = logits(session(run.compressed, exact_int8=False), run.evaluation)
+    probs = np.exp(reference - reference.max(axis=1, keepdims=True))
+    confident = (probs / probs.sum(axis=1, keepdims=True)).max(axis=1) >= CONFIDENT
+    result = {
+        "images": len(run.evaluation),
+        "photos": photos,
+        "calibration_images": len(run.calibration),
+        "int8": agreement(reference, exact),
+        "int8_photos": agreement(reference[:photos], exact[:photos]),
+        "int8_video": agreement(reference[photos:], exact[photos:]),
+        "int8_ort_default_kernels": agreement(reference, default),
+        "confident_images": int(confident.sum()),
+        "int8_confident": agreement(reference[confident], exact[confident]),
+        "fp16": agreement(reference, logits(session(fp16), run.evaluation)),
+        "int8_max_abs_logit_diff": float(np.abs(exact - reference).max()),
+    }
+    return result, reference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
+    args = parser.parse_args()
+
+    from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
+    from edgecam.models.efficientnet_lite0 import export
+    from edgecam.models.efficientnet_lite0.agreement import RECIPE, apply_recipe, session
+
+    info = machine(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model_path = args.workdir / "efficientnet_lite0.onnx"
+    if not model_path.is_file():
+        export.export(model_path)
+    started = time.perf_counter()
+    run = apply_recipe(model_path, args.workdir / "int8-work")
+    quantize_seconds = time.perf_counter() - started
+    fp16 = (
+        create_pass(parse_pass_config({"kind": "fp16"})).apply(run.fp32, PassContext([], args.workdir)).model
+    )
+    photos = photo_count(RECIPE)
+    agree, reference = agreements(run, fp16, photos)
+    agree["fp32_jpeg_q95"] = jpeg_floor(run.fp32, RECIPE, reference)
+    sessions = {
+        "fp32": session(run.fp32, args.threads),
+        "int8": session(run.compressed, args.threads),
+        "int8_ort_default_kernels": session(run.compressed, args.threads, exact_int8=False),
+        "fp16": session(fp16, args.threads),
+    }
+    times = latency(sessions, run.evaluation[0], args.runs)
+    info["loadavg_after"] = os.getloadavg()[0]
+    record = {
+        "benchmark": "bench_int8_efficientnet",
+        "model": "efficientnet_lite0",
+        "recipe": str(RECIPE.relative_to(Path(__file__).resolve().parents[1])),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "quantize_seconds": round(quantize_seconds, 1),
+        "agreement": agree,
+        "latency": times,
+        "int8_speedup": times["fp32"]["median_ms"] / times["int8"]["median_ms"],
+        "int8_nodes": len(run.changes["quantized_nodes"]),
+        "excluded_nodes": run.changes["excluded_nodes"],
+        "initializer_bytes": run.changes["initializer_bytes"],
+    }
+    report(record)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench_int8_efficientnet-{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def report(record: dict[str, Any]) -> None:
+    agree, m = record["agreement"], record["machine"]
+    print(f"{record['date']}  {m['cpu']} ({m['cores']} cores, {' '.join(m['isa'])}), ORT {m['onnxruntime']}")
+    frames = agree["images"] - agree["photos"]
+    print(
+        f"top-1 agreement with fp32 on {agree['images']} images ({agree['photos']} photos + {frames} "
+        f"video frames; calibrated on {agree['calibration_images']} others):"
+    )
+    for key in ("int8", "int8_photos", "int8_video", "int8_ort_default_kernels", "fp16", "fp32_jpeg_q95"):
+        print(f"  {key:<26} {agree[key]:7.2%}")
+    print(
+        f"  int8 on the {agree['confident_images']} images fp32 is ≥{CONFIDENT:.0%} sure of: "
+        f"{agree['int8_confident']:.2%}"
+    )
+    for name, r in record["latency"].items():
+        print(f"{name:<26} median {r['median_ms']:7.2f} ms   p99 {r['p99_ms']:7.2f} ms   ({r['runs']} runs)")
+    print(f"int8 speed-up over fp32 (median): {record['int8_speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
