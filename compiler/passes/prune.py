@@ -14,8 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from edgecam.compiler.errors import PassError
-from edgecam.compiler.passes.backends.onnx import OnnxGraph, WeightedLayer, matches_any
+from edgecam.compiler.passes.backends.onnx import LayerSelection, OnnxGraph, check_patterns, select_weights
 from edgecam.compiler.passes.base import CompressionPass, PassConfig, PassContext, PassResult, register_pass
 
 PRUNED_OPS = ("Conv", "Gemm", "MatMul")
@@ -80,44 +79,11 @@ class PrunePass(CompressionPass[PruneConfig]):
     def _select(self, graph: OnnxGraph) -> tuple[list[_Target], dict[str, str]]:
         """The weights to prune, each once even when several layers share it; and why others are not."""
         config = self.config
-        candidates = list(graph.weighted_layers(PRUNED_OPS))
-        _check_patterns(config.layers, [layer.name for layer in candidates])
-        targets: list[_Target] = []
-        skipped: dict[str, str] = {}
-        seen: set[str] = set()
-        for layer in candidates:
-            reason = _skip_reason(layer, graph, config, seen)
-            if reason is not None:
-                if reason:  # an empty reason: not selected by `layers`, nothing to report
-                    skipped[layer.name] = reason
-                continue
-            seen.add(layer.weight)
-            targets.append(_Target(layer.name, layer.weight, graph.weight(layer.weight)))
-        return targets, skipped
-
-
-def _skip_reason(layer: WeightedLayer, graph: OnnxGraph, config: PruneConfig, seen: set[str]) -> str | None:
-    if not matches_any(layer.name, config.layers):
-        return ""
-    if matches_any(layer.name, config.exclude):
-        return "excluded"
-    if layer.weight in seen:
-        return f"shares weight {layer.weight!r} with a layer pruned before it"
-    values = graph.weight(layer.weight)
-    if not np.issubdtype(values.dtype, np.floating):
-        return f"weight {layer.weight!r} is {values.dtype}, not floating point (already quantized)"
-    if values.size < config.min_params:
-        return f"{values.size} weights < min_params {config.min_params}"
-    return None
-
-
-def _check_patterns(patterns: tuple[str, ...], names: list[str]) -> None:
-    for pattern in patterns:
-        if not any(matches_any(name, [pattern]) for name in names):
-            raise PassError(
-                f"prune: `layers` pattern {pattern!r} matches no {'/'.join(PRUNED_OPS)} layer; "
-                f"layers: {', '.join(names) or '(none)'}"
-            )
+        names = [layer.name for layer in graph.weighted_layers(PRUNED_OPS)]
+        check_patterns("prune", "layers", config.layers, names, PRUNED_OPS)
+        selection = LayerSelection(config.layers, config.exclude, config.min_params)
+        layers, skipped = select_weights(graph, PRUNED_OPS, selection, done="pruned")
+        return [_Target(layer.name, layer.weight, graph.weight(layer.weight)) for layer in layers], skipped
 
 
 def _smallest_mask(values: np.ndarray, sparsity: float) -> np.ndarray:

@@ -17,8 +17,14 @@ import numpy as np
 from pydantic import Field
 
 from edgecam import weight_codec
-from edgecam.compiler.errors import PassError
-from edgecam.compiler.passes.backends.onnx import OnnxGraph, WeightedLayer, matches_any
+from edgecam.compiler.passes.backends.onnx import (
+    LayerSelection,
+    OnnxGraph,
+    WeightedLayer,
+    check_patterns,
+    matches_any,
+    select_weights,
+)
 from edgecam.compiler.passes.base import (
     CompressionPass,
     PassConfig,
@@ -95,40 +101,23 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
 
     def _select(self, graph: OnnxGraph) -> tuple[list[WeightedLayer], dict[str, str]]:
         """The layers to share, each weight once even when several layers use it; and why others are not."""
-        candidates = list(graph.weighted_layers(SHARED_OPS))
-        names = [layer.name for layer in candidates]
-        _check_patterns("layers", self.config.layers, names)
-        _check_patterns("layer_bits", tuple(self.config.layer_bits), names)
-        targets: list[WeightedLayer] = []
-        skipped: dict[str, str] = {}
-        seen: set[str] = set()
-        for layer in candidates:
-            reason = self._skip_reason(layer, graph, seen)
-            if reason is None:
-                seen.add(layer.weight)
-                targets.append(layer)
-            elif reason:  # an empty reason: not selected by `layers`, nothing to report
-                skipped[layer.name] = reason
-        return targets, skipped
-
-    def _skip_reason(self, layer: WeightedLayer, graph: OnnxGraph, seen: set[str]) -> str | None:
         config = self.config
-        if not matches_any(layer.name, config.layers):
-            return ""
-        if matches_any(layer.name, config.exclude):
-            return "excluded"
-        if layer.weight in seen:
-            return f"shares weight {layer.weight!r} with a layer coded before it"
-        values = graph.weight(layer.weight)
-        if values.dtype not in (np.float16, np.float32, np.float64):
-            return f"weight {layer.weight!r} is {values.dtype}, not floating point (already quantized)"
-        if values.size == 0:
-            return f"weight {layer.weight!r} is empty"
-        if values.size < config.min_params:
-            return f"{values.size} weights < min_params {config.min_params}"
-        if not np.all(np.isfinite(values)):
-            return f"weight {layer.weight!r} holds NaN or infinity"
-        return None
+        names = [layer.name for layer in graph.weighted_layers(SHARED_OPS)]
+        check_patterns("weight_sharing", "layers", config.layers, names, SHARED_OPS)
+        check_patterns("weight_sharing", "layer_bits", tuple(config.layer_bits), names, SHARED_OPS)
+        selection = LayerSelection(config.layers, config.exclude, config.min_params)
+        layers, skipped = select_weights(graph, SHARED_OPS, selection, done="coded")
+        targets = []
+        for layer in layers:
+            # k-means needs values to cluster; the shared selection does not look at the values.
+            values = graph.weight(layer.weight)
+            if values.size == 0:
+                skipped[layer.name] = f"weight {layer.weight!r} is empty"
+            elif not np.all(np.isfinite(values)):
+                skipped[layer.name] = f"weight {layer.weight!r} holds NaN or infinity"
+            else:
+                targets.append(layer)
+        return targets, skipped
 
 
 def share(values: np.ndarray, bits: int, seed: int = 0, max_iter: int = 300) -> _Shared:
@@ -192,12 +181,3 @@ def _layer_changes(weight: str, bits: int, values: np.ndarray, shared: _Shared) 
         "coded_bytes": coded,
         "ratio": round(raw / coded, 3),
     }
-
-
-def _check_patterns(field: str, patterns: tuple[str, ...], names: list[str]) -> None:
-    for pattern in patterns:
-        if not any(matches_any(name, [pattern]) for name in names):
-            raise PassError(
-                f"weight_sharing: `{field}` pattern {pattern!r} matches no {'/'.join(SHARED_OPS)} layer; "
-                f"layers: {', '.join(names) or '(none)'}"
-            )

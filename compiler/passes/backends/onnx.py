@@ -126,3 +126,59 @@ def tensor_shapes(model: Any) -> dict[str, list[int | None]]:
             dims = value.type.tensor_type.shape.dim
             shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     return shapes
+
+
+def check_patterns(
+    kind: str, field: str, patterns: Iterable[str], names: list[str], ops: Iterable[str]
+) -> None:
+    """Refuse a layer pattern that matches none of `names`: a typo would otherwise select nothing."""
+    from edgecam.compiler.errors import PassError
+
+    for pattern in patterns:
+        if not any(matches_any(name, [pattern]) for name in names):
+            raise PassError(
+                f"{kind}: `{field}` pattern {pattern!r} matches no {'/'.join(ops)} layer; "
+                f"layers: {', '.join(names) or '(none)'}"
+            )
+
+
+def select_weights(
+    graph: OnnxGraph, ops: tuple[str, ...], selection: LayerSelection, done: str
+) -> tuple[list[WeightedLayer], dict[str, str]]:
+    """The layers a per-weight pass rewrites, each weight once even when several layers share it,
+    and why the others are left alone (`done` names what the pass did to a shared weight's first user)."""
+    targets: list[WeightedLayer] = []
+    skipped: dict[str, str] = {}
+    seen: set[str] = set()
+    for layer in graph.weighted_layers(ops):
+        reason = _skip_reason(graph, layer, selection, seen, done)
+        if reason is None:
+            seen.add(layer.weight)
+            targets.append(layer)
+        elif reason:  # an empty reason: not selected by `layers`, nothing to report
+            skipped[layer.name] = reason
+    return targets, skipped
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    layers: tuple[str, ...]
+    exclude: tuple[str, ...]
+    min_params: int
+
+
+def _skip_reason(
+    graph: OnnxGraph, layer: WeightedLayer, selection: LayerSelection, seen: set[str], done: str
+) -> str | None:
+    if not matches_any(layer.name, selection.layers):
+        return ""
+    if matches_any(layer.name, selection.exclude):
+        return "excluded"
+    if layer.weight in seen:
+        return f"shares weight {layer.weight!r} with a layer {done} before it"
+    values = graph.weight(layer.weight)
+    if not np.issubdtype(values.dtype, np.floating):
+        return f"weight {layer.weight!r} is {values.dtype}, not floating point (already quantized)"
+    if values.size < selection.min_params:
+        return f"{values.size} weights < min_params {selection.min_params}"
+    return None
