@@ -23,30 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine_info import machine
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 4
 CONFIDENT = 0.5  # fp32 softmax top-1 probability above which a prediction counts as confident
-
-
-def machine(threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
-
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    flags = set(next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "").split())
-    return {
-        "cpu": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "isa": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"}),
-        "arch": platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "onnxruntime_threads": threads,
-        "loadavg_before": os.getloadavg()[0],
-    }
 
 
 def latency(sessions: dict[str, Any], feed: dict[str, np.ndarray], runs: int) -> dict[str, dict[str, float]]:
@@ -103,12 +84,22 @@ def jpeg_floor(model: Any, recipe: Path, reference: np.ndarray) -> float:
     return agreement(reference, logits(session(model), feeds))
 
 
+def unfused_session(model: Any) -> Any:
+    """ONNX Runtime with graph optimizations off: QDQ runs as written, in float, no int8 kernels."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def agreements(run: Any, fp16: Any, photos: int) -> tuple[dict[str, Any], np.ndarray]:
     from edgecam.models.efficientnet_lite0.agreement import agreement, logits, session
 
     reference = logits(session(run.fp32), run.evaluation)
     exact = logits(session(run.compressed), run.evaluation)
     default = logits(session(run.compressed, exact_int8=False), run.evaluation)
+    simulated = logits(unfused_session(run.compressed), run.evaluation)
     probs = np.exp(reference - reference.max(axis=1, keepdims=True))
     confident = (probs / probs.sum(axis=1, keepdims=True)).max(axis=1) >= CONFIDENT
     result = {
@@ -123,6 +114,13 @@ def agreements(run: Any, fp16: Any, photos: int) -> tuple[dict[str, Any], np.nda
         "int8_confident": agreement(reference[confident], exact[confident]),
         "fp16": agreement(reference, logits(session(fp16), run.evaluation)),
         "int8_max_abs_logit_diff": float(np.abs(exact - reference).max()),
+        # The QDQ graph's own arithmetic (no fused kernels): what quantization costs, kernels aside.
+        "int8_simulated": agreement(reference, simulated),
+        "int8_kernels_vs_simulated": agreement(simulated, exact),
+        "int8_relative_logit_error": float(
+            np.linalg.norm(simulated - reference)
+            / np.linalg.norm(reference - reference.mean(1, keepdims=True))
+        ),
     }
     return result, reference
 
@@ -134,11 +132,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     args = parser.parse_args()
 
+    import onnxruntime as ort
+
     from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
     from edgecam.models.efficientnet_lite0 import export
     from edgecam.models.efficientnet_lite0.agreement import RECIPE, apply_recipe, session
 
-    info = machine(args.threads)
+    info = machine(onnxruntime=ort.__version__, onnxruntime_threads=args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     model_path = args.workdir / "efficientnet_lite0.onnx"
     if not model_path.is_file():
@@ -189,11 +189,15 @@ def report(record: dict[str, Any]) -> None:
         f"top-1 agreement with fp32 on {agree['images']} images ({agree['photos']} photos + {frames} "
         f"video frames; calibrated on {agree['calibration_images']} others):"
     )
-    for key in ("int8", "int8_photos", "int8_video", "int8_ort_default_kernels", "fp16", "fp32_jpeg_q95"):
+    keys = ("int8", "int8_photos", "int8_video", "int8_ort_default_kernels", "int8_simulated")
+    for key in (*keys, "int8_kernels_vs_simulated", "fp16", "fp32_jpeg_q95"):
         print(f"  {key:<26} {agree[key]:7.2%}")
     print(
         f"  int8 on the {agree['confident_images']} images fp32 is ≥{CONFIDENT:.0%} sure of: "
         f"{agree['int8_confident']:.2%}"
+    )
+    print(
+        f"  int8 (simulated) logit error, relative to fp32's spread: {agree['int8_relative_logit_error']:.3f}"
     )
     for name, r in record["latency"].items():
         print(f"{name:<26} median {r['median_ms']:7.2f} ms   p99 {r['p99_ms']:7.2f} ms   ({r['runs']} runs)")

@@ -33,15 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine_info import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def raw_fps(model: Any, inputs: list[np.ndarray], runs: int, warmup: int = 10) -> tuple[float, float]:

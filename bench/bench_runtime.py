@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from machine_info import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,13 +36,6 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 20) -> np.ndarray:
 
 def summary(ms: np.ndarray) -> dict[str, float]:
     return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": int(ms.size)}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

@@ -61,11 +61,13 @@ class SkimageData(_Data):
 
 
 class VideoData(_Data):
-    """Frames of a video file, every `every`-th one; no labels."""
+    """Frames of a video file from frame `start` on, every `every`-th one; no labels. Two sets from one
+    video (calibration and evaluation) stay disjoint by `start`: later footage of the same camera."""
 
     kind: Literal["video"]
     path: Path
     every: int = Field(default=1, ge=1)
+    start: int = Field(default=0, ge=0)
 
 
 class ConcatData(BaseModel):
@@ -196,7 +198,7 @@ def _video(config: VideoData, base_dir: Path) -> list[Sample]:
             ok, frame = capture.read()
             if not ok:
                 break
-            if index % config.every == 0:
+            if index >= config.start and (index - config.start) % config.every == 0:
                 samples.append(Sample(frame))
             index += 1
     finally:

@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgecam.compiler.errors import ModelImportError
+from edgecam.ort_options import session_options
 
 if TYPE_CHECKING:
     from edgecam.compiler.passes.base import Feeds, WeightCoding
@@ -163,11 +164,10 @@ def session(model: Any, threads: int) -> Any:
     """An ONNX Runtime CPU session on `model` with `threads` intra-op threads."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own unexported exception types
         raise ModelImportError(f"ONNX Runtime cannot load the model: {exc}") from exc
 

@@ -10,6 +10,7 @@ import numpy as np
 from edgecam.compiler.errors import VerificationError
 from edgecam.compiler.frontends.onnx import OnnxModel
 from edgecam.datatypes import to_numpy
+from edgecam.ort_options import session_options
 from edgecam.preprocessing import preprocess
 
 
@@ -66,7 +67,7 @@ def run_onnxruntime(onnx_path: Path, feeds: Sequence[dict[str, np.ndarray]]) -> 
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
         return [list(session.run(None, feed)) for feed in feeds]
     except Exception as exc:  # onnxruntime raises its own unexported exception types
         raise VerificationError(

@@ -15,12 +15,13 @@ import numpy as np
 from pydantic import Field
 
 from edgecam.compiler.passes.backends.onnx import LayerSelection, OnnxGraph, check_patterns, select_weights
-from edgecam.compiler.passes.base import CompressionPass, PassConfig, PassContext, PassResult, register_pass
+from edgecam.compiler.passes.base import CompressionPass, PassContext, PassResult, register_pass
+from edgecam.compiler.passes.bias_correction import CorrectsBias, correct_float_biases
 
 PRUNED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-class PruneConfig(PassConfig):
+class PruneConfig(CorrectsBias):
     kind: Literal["prune"] = "prune"
     # Fraction of the selected weights set to zero (per layer, or over all of them for `global`).
     sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
@@ -74,6 +75,9 @@ class PrunePass(CompressionPass[PruneConfig]):
             "zeros": zeros,
             "sparsity": round(zeros / total, 6) if total else 0.0,
         }
+        if self.config.bias_correction:
+            feeds = context.require_calibration("prune (bias_correction)")
+            changes["bias_correction"] = correct_float_biases(model, graph.model, feeds)
         return PassResult(model=graph.model, changes=changes)
 
     def _select(self, graph: OnnxGraph) -> tuple[list[_Target], dict[str, str]]:

@@ -32,6 +32,7 @@ from edgecam.compiler.passes.base import (
     PassResult,
     register_pass,
 )
+from edgecam.compiler.passes.bias_correction import input_means, output_shift
 
 # The op types ONNX Runtime 1.32's QDQ quantizer handles (its QDQRegistry and QLinearOpsRegistry);
 # tests/compiler/passes/test_quantize.py fails if a newer ORT drops one.
@@ -207,7 +208,7 @@ def correct_biases(qdq: Any, fp32: Any, feeds: Sequence[Feeds]) -> dict[str, Any
                 skipped[node.name or node.output[0]] = plan
             continue
         layers.append(plan)
-    means = _input_means(qdq, [plan.node.input[0] for plan in layers], feeds)
+    means = input_means(qdq, [plan.node.input[0] for plan in layers], feeds)
     shifts = {}
     for plan in layers:
         shift = plan.shift(means[plan.node.input[0]])
@@ -231,14 +232,7 @@ class _BiasPlan:
         return str(self.node.name or self.node.output[0])
 
     def shift(self, mean: np.ndarray) -> np.ndarray:
-        """ΔW·E[x] per output channel (Conv: summed over the kernel; groups read their own channels)."""
-        if self.node.op_type == "Gemm":
-            return np.asarray(self.delta @ mean if _attr(self.node, "transB", 0) else mean @ self.delta)
-        out_channels, per_group = self.delta.shape[:2]
-        groups = mean.size // per_group
-        summed = self.delta.reshape(out_channels, per_group, -1).sum(axis=2)
-        grouped = mean.reshape(groups, per_group)[np.arange(out_channels) // (out_channels // groups)]
-        return np.asarray((summed * grouped).sum(axis=1))
+        return output_shift(self.node, self.delta, mean)
 
 
 def _bias_plan(node: Any, graph: OnnxGraph, originals: dict[str, Any]) -> _BiasPlan | str:
@@ -253,7 +247,9 @@ def _bias_plan(node: Any, graph: OnnxGraph, originals: dict[str, Any]) -> _BiasP
         return "no quantized weight and bias"
     if weight_dq.input[0] not in graph.initializers or bias_dq.input[0] not in graph.initializers:
         return "weight or bias is not a constant"
-    if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0):
+    if node.op_type == "Gemm" and (
+        OnnxGraph.attribute(node, "transA", 0) or OnnxGraph.attribute(node, "alpha", 1.0) != 1.0
+    ):
         return "Gemm with transA or alpha != 1"
     original = originals.get(weight_dq.input[0].removesuffix("_quantized"))
     if original is None:
@@ -271,47 +267,15 @@ def _dq_params(graph: OnnxGraph, dq: Any) -> tuple[np.ndarray, np.ndarray]:
     zero = graph.weight(dq.input[2]).astype(np.float64) if len(dq.input) > 2 else np.zeros_like(scale)
     if scale.ndim == 1 and rank > 1:
         shape = [1] * rank
-        shape[_attr(dq, "axis", 1) % rank] = -1  # DequantizeLinear's axis defaults to 1
+        shape[OnnxGraph.attribute(dq, "axis", 1) % rank] = -1  # DequantizeLinear's axis defaults to 1
         return scale.reshape(shape), zero.reshape(shape)
     return scale, zero
-
-
-def _input_means(model: Any, tensors: list[str], feeds: Sequence[Feeds]) -> dict[str, np.ndarray]:
-    """Per-channel means (axis 1 of NC..., or the last axis of 2-D) of `tensors` over `feeds`, computed
-    by running the QDQ graph as written (no fusion), so they are the inputs the int8 layers see."""
-    import onnx
-    import onnxruntime as ort
-
-    wanted = list(dict.fromkeys(tensors))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {out.name for out in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in wanted if t not in present)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    sums = {name: np.zeros(0) for name in wanted}
-    for feed in feeds:
-        for name, value in zip(wanted, session.run(wanted, dict(feed)), strict=True):
-            axes = (0, *range(2, value.ndim)) if value.ndim > 2 else (0,)
-            mean = np.asarray(value, np.float64).mean(axis=axes)
-            sums[name] = mean if sums[name].size == 0 else sums[name] + mean
-    return {name: total / max(len(feeds), 1) for name, total in sums.items()}
 
 
 def _producer(graph: OnnxGraph, tensor: str, op_type: str | None = None) -> Any:
     """The node writing `tensor` (None if it is an input/initializer or not of `op_type`)."""
     node = graph.producer.get(tensor)
     return node if node is not None and op_type in (None, node.op_type) else None
-
-
-def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 def _preprocess(source: Path, target: Path) -> Path:

@@ -27,18 +27,18 @@ from edgecam.compiler.passes.backends.onnx import (
 )
 from edgecam.compiler.passes.base import (
     CompressionPass,
-    PassConfig,
     PassContext,
     PassResult,
     WeightCoding,
     register_pass,
 )
+from edgecam.compiler.passes.bias_correction import CorrectsBias, correct_float_biases
 
 SHARED_OPS = ("Conv", "Gemm", "MatMul")
 Bits = Annotated[int, Field(ge=1, le=8)]
 
 
-class WeightSharingConfig(PassConfig):
+class WeightSharingConfig(CorrectsBias):
     kind: Literal["weight_sharing"] = "weight_sharing"
     # Codebook size per layer: 2**bits centroids (indices are at most one byte).
     bits: Bits = 4
@@ -90,6 +90,10 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
             "coded_bytes": coded,
             "ratio": round(raw / coded, 3) if coded else 0.0,
         }
+        if self.config.bias_correction:
+            # Biases stay raw fp32 (not coded), so correcting them leaves the coding valid.
+            feeds = context.require_calibration("weight_sharing (bias_correction)")
+            changes["bias_correction"] = correct_float_biases(model, graph.model, feeds)
         coding = WeightCoding(codec=weight_codec.CODEC, encoded=encoded, decode=weight_codec.decode)
         return PassResult(model=graph.model, changes=changes, coding=coding if encoded else None)
 

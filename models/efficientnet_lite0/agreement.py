@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgecam.compiler.passes.base import Feeds
+from edgecam.ort_options import session_options
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "int8.yaml"
 
@@ -54,11 +55,7 @@ def session(model: Any, threads: int = 2, exact_int8: bool = True) -> Any:
     VNNI, ORT's default u8×s8 kernels add pairs of products in int16 and saturate; this keeps int32."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if exact_int8:
-        options.add_session_config_entry("session.x64quantprecision", "1")
+    options = session_options(threads, exact_int8)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgecam.compiler.artifact import TensorSpec
+from edgecam.ort_options import session_options
 from edgecam.postprocessing import Postprocessing
 from edgecam.preprocessing import Preprocessing
 from edgecam.server.errors import ModelLoadError
@@ -46,9 +47,7 @@ class OnnxRuntime:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"ONNX model {self.path} does not exist")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.log_severity_level = 3  # warnings about unused initializers are noise on a camera
+        options = session_options(intra_op_threads)
         try:
             self._session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=["CPUExecutionProvider"]

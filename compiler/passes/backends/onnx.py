@@ -81,7 +81,8 @@ class OnnxGraph:
             bias = node.input[bias_index] if bias_index is not None and len(node.input) > bias_index else None
             yield WeightedLayer(node, node.input[index], bias or None)
 
-    def attribute(self, node: Any, name: str, default: Any = None) -> Any:
+    @staticmethod
+    def attribute(node: Any, name: str, default: Any = None) -> Any:
         from onnx import helper
 
         for attr in node.attribute:

@@ -1,0 +1,48 @@
+"""What every benchmark records about the machine it ran on, so results from different hosts are not
+compared by mistake (imported by the bench scripts, which run with bench/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# ISA extensions that decide fp32/int8 kernel speed on x86 (VNNI: int8 dot products).
+_ISA = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd", "asimddp", "i8mm"}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """Host, CPU, ISA, cores, Python, load before the run, plus `extra` (library versions, threads)."""
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "isa": sorted(cpu_flags() & _ISA),
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "loadavg_before": round(os.getloadavg()[0], 2),
+        **extra,
+    }
+
+
+def stamp() -> tuple[str, str]:
+    """(ISO time, YYYYMMDD) in UTC, for the record and its file name."""
+    now = datetime.now(UTC)
+    return now.isoformat(timespec="seconds"), now.strftime("%Y%m%d")
