@@ -46,3 +46,20 @@ def stamp() -> tuple[str, str]:
     """(ISO time, YYYYMMDD) in UTC, for the record and its file name."""
     now = datetime.now(UTC)
     return now.isoformat(timespec="seconds"), now.strftime("%Y%m%d")
+
+
+def peak_gflops(cores: int | None = None) -> float:
+    """Theoretical fp32 peak of this CPU, GFLOP/s: cores × clock × FLOPs per cycle per core.
+
+    FLOPs per cycle assume two FMA pipes of the widest vector the CPU has (AVX-512: 2×16×2 = 64,
+    AVX2+FMA: 2×8×2 = 32, else SSE 2×4×2 = 16) at the nominal clock /proc/cpuinfo reports, no turbo.
+    A VM reports its host's nominal clock, so this is an upper bound, not a measurement.
+    """
+    flags = cpu_flags()
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16
+    mhz = 0.0
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            mhz = float(line.split(":", 1)[1])
+            break
+    return (cores or os.cpu_count() or 1) * mhz / 1000.0 * per_cycle

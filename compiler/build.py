@@ -65,7 +65,7 @@ def compile_model(
     `on_step` is called with each of STEPS as it starts (the CLI draws progress from it). With
     `weight_coding`, its initializers are not baked into the library: the library takes them as
     arguments and the artifact stores them coded in WEIGHTS_NAME (decoded by the runtime at load).
-    A codec the runtime cannot decode is not stored (the model's values are built in, with a warning).
+    A codec the runtime cannot decode is refused (InvalidOptionError).
     Raises CompilerError subclasses; on any failure nothing is written.
     """
     _check_options(tolerance, samples)
@@ -168,20 +168,17 @@ def _verify(
 
 def _coded_params(model: OnnxModel, coding: WeightCoding) -> _CodedParams | None:
     """The coded initializers in model order, checked: blobs that decode (with the runtime's own decoder)
-    to exactly the model's values, which verification then runs. None for a codec the camera runtime
-    cannot decode: those initializers stay in the library as the (decoded) values the model holds."""
+    to exactly the model's values, which verification then runs. None for an empty coding."""
     from onnx import numpy_helper
 
     if not coding.encoded:
         return None
     if coding.codec != weight_codec.CODEC:
-        log.warning(
-            "weight_coding codec %r is not one the camera runtime decodes (%r): its initializers are "
-            "stored in the library as plain values, not coded",
-            coding.codec,
-            weight_codec.CODEC,
+        # Building the values in instead would quietly undo the size the recipe's report promised.
+        raise InvalidOptionError(
+            f"weight_coding codec {coding.codec!r} is not one the camera runtime decodes; "
+            f"codecs it decodes: {weight_codec.CODEC!r}"
         )
-        return None
     initializers = {init.name: init for init in model.proto.graph.initializer}
     unknown = sorted(set(coding.encoded) - set(initializers))
     if unknown:

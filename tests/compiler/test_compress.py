@@ -19,7 +19,7 @@ from edgecam.cli import app
 from edgecam.compiler.artifact import load_artifact
 from edgecam.compiler.build import compile_model
 from edgecam.compiler.compress import compress, measure_recipe
-from edgecam.compiler.errors import AccuracyGateError, RecipeError
+from edgecam.compiler.errors import AccuracyGateError, InvalidOptionError, RecipeError
 from edgecam.compiler.evaluate import MeasureOptions
 from edgecam.compiler.passes import (
     CompressionPass,
@@ -223,14 +223,23 @@ def test_a_coding_counts_at_its_coded_size_and_survives_later_passes(tmp_path: P
 )
 def test_the_last_coding_reaches_the_artifact(tmp_path: Path) -> None:
     artifact, report = compress(
-        MODEL,
-        make_recipe([{"kind": "half_store", "initializer": FC}]),
-        tmp_path,
-        tmp_path / "art",
-        options=QUICK,
+        MODEL, make_recipe([{"kind": "weight_sharing", "bits": 4}]), tmp_path, tmp_path / "art", options=QUICK
     )
     assert artifact.manifest.measurements["weight_bytes"] == report.steps[-1].weight_bytes
-    assert load_artifact(artifact.path).manifest.compression is not None
+    manifest = load_artifact(artifact.path).manifest
+    assert manifest.compression is not None and manifest.coded_weights is not None
+
+
+def test_a_coding_the_camera_cannot_decode_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOptionError, match="codec 'float16' is not one the camera runtime decodes"):
+        compress(
+            MODEL,
+            make_recipe([{"kind": "half_store", "initializer": FC}]),
+            tmp_path,
+            tmp_path / "art",
+            options=QUICK,
+        )
+    assert not (tmp_path / "art").exists()
 
 
 def test_cli_gate_failure_exits_2_with_the_table_and_writes_nothing(tmp_path: Path) -> None:

@@ -158,11 +158,12 @@ def test_compile_refuses_a_coding_that_is_not_the_model(
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_a_codec_the_camera_cannot_decode_is_built_in_instead(
-    shared: tuple[Path, WeightCoding], tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_codec_the_camera_cannot_decode_is_refused(
+    shared: tuple[Path, WeightCoding], tmp_path: Path
 ) -> None:
     model_path, coding = shared
-    built = compile_model(model_path, "x86_64", tmp_path / "art", weight_coding=replace(coding, codec="zip"))
-    assert "codec 'zip' is not one the camera runtime decodes" in caplog.text
-    assert built.manifest.coded_weights is None and "weights.ecw" not in built.manifest.files
-    assert built.manifest.verification is not None and built.manifest.verification.max_abs_diff <= 1e-4
+    with pytest.raises(
+        InvalidOptionError, match=r"codec 'zip' is not one the camera runtime decodes.*kmeans"
+    ):
+        compile_model(model_path, "x86_64", tmp_path / "art", weight_coding=replace(coding, codec="zip"))
+    assert not (tmp_path / "art").exists()
