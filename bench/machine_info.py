@@ -52,8 +52,9 @@ def peak_gflops(cores: int | None = None) -> float:
     """Theoretical fp32 peak of this CPU, GFLOP/s: cores × clock × FLOPs per cycle per core.
 
     FLOPs per cycle assume two FMA pipes of the widest vector the CPU has (AVX-512: 2×16×2 = 64,
-    AVX2+FMA: 2×8×2 = 32, else SSE 2×4×2 = 16) at the nominal clock /proc/cpuinfo reports, no turbo.
-    A VM reports its host's nominal clock, so this is an upper bound, not a measurement.
+    AVX2+FMA: 2×8×2 = 32, else SSE 2×4×2 = 16) at the clock /proc/cpuinfo reports (in a VM, the
+    host's nominal clock). Boost clocks run above it, so a kernel can show more than 100%; a yardstick
+    for comparing engines on one machine, not a measurement.
     """
     flags = cpu_flags()
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16

@@ -1,0 +1,205 @@
+"""Benchmark: what edgecam builds for this CPU against ONNX Runtime, fp32 and int8, same run.
+
+    .venv/bin/python bench/bench_targets.py [--models fashion_cnn mobilenet_v2 resnet18 efficientnet_lite0]
+                                            [--runs 100] [--threads 2] [--no-int8]
+
+For each model: ONNX Runtime (CPU provider, `--threads` intra-op threads, exact int8 kernels) and the
+edgecam artifact (`compile_model` for x86_64: tuned when a tuning database for the model exists, else
+TVM's default schedules; run through the camera's runtime) on the same input, fp32 and int8 (edgecam's
+`int8` pass, calibrated on real frames). Engines run interleaved in rounds so load hits them alike;
+median and p99 over `--runs`, GFLOP/s (2 × MACs / median) and its fraction of this CPU's theoretical
+peak. MobileNetV2 and ResNet-18 are built in code with random weights (bench/shapes.py);
+EfficientNet-Lite0 is used when exported to .cache/bench (bench_int8_efficientnet.py does that).
+The record goes to bench/results/bench_targets-<date>-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapes
+from machine_info import machine, peak_gflops, stamp
+
+RESULTS = Path(__file__).parent / "results"
+ROUNDS = 4
+WORKDIR = Path(".cache/bench")
+
+
+def model_path(name: str) -> Path:
+    if name == "fashion_cnn":
+        from edgecam.models import fashion_cnn
+
+        return Path(fashion_cnn.onnx_path())
+    if name == "efficientnet_lite0":
+        path = WORKDIR / "efficientnet_lite0.onnx"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: run bench/bench_int8_efficientnet.py once to export it")
+        return path
+    return shapes.write(name, WORKDIR)
+
+
+def calibration(name: str, source: Any) -> list[dict[str, np.ndarray]]:
+    """Real frames through the model's preprocessing: Fashion-MNIST for the bundled CNN, else street
+    video frames (OpenCV's vtest.avi) and scikit-image photos."""
+    from edgecam.compiler.datasets import (
+        ConcatData,
+        FashionMnistData,
+        SkimageData,
+        VideoData,
+        load_dataset,
+        to_feeds,
+    )
+    from edgecam.models.efficientnet_lite0.opencv_doc import video_path
+
+    if name == "fashion_cnn":
+        config: Any = FashionMnistData(kind="fashion_mnist", split="train", limit=256)
+    else:
+        video = video_path()
+        config = ConcatData(
+            kind="concat",
+            parts=[
+                SkimageData(kind="skimage"),
+                VideoData(kind="video", path=video, start=400, every=4, limit=64),
+            ],
+        )
+    return to_feeds(load_dataset(config), source.preprocessing, source.inputs[0].name)
+
+
+def int8_model(name: str, path: Path) -> Path:
+    import onnx
+
+    from edgecam.compiler.frontends.onnx import load_onnx
+    from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
+
+    out = WORKDIR / f"{name}-int8.onnx"
+    if out.is_file():
+        return out
+    source = load_onnx(path)
+    feeds = calibration(name, source)
+    result = create_pass(parse_pass_config({"kind": "int8"})).apply(source.proto, PassContext(feeds, WORKDIR))
+    onnx.save(result.model, str(out))
+    return out
+
+
+def edgecam_runner(path: Path, out: Path) -> tuple[Callable[[dict[str, np.ndarray]], object], dict[str, Any]]:
+    from edgecam.compiler.build import compile_model
+    from edgecam.server.runtime import load_model
+
+    started = time.perf_counter()
+    artifact = compile_model(path, "x86_64", out)
+    seconds = time.perf_counter() - started
+    model = load_model(artifact.path)
+    manifest = artifact.manifest
+    info = {
+        "compile_seconds": round(seconds, 1),
+        "verification_max_abs_diff": manifest.verification.max_abs_diff if manifest.verification else None,
+        "measurements": manifest.measurements,
+    }
+    return model.runtime.run, info
+
+
+def ort_runner(path: Path, threads: int) -> Callable[[dict[str, np.ndarray]], object]:
+    import onnxruntime as ort
+
+    from edgecam.ort_options import session_options
+
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(None, feed)
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    from edgecam.compiler.evaluate import count_macs
+    from edgecam.compiler.frontends.onnx import load_onnx
+
+    path = model_path(name)
+    source = load_onnx(path)
+    macs = count_macs(source.proto)
+    feed = calibration(name, source)[0]
+    runners: dict[str, Callable[[dict[str, np.ndarray]], object]] = {
+        "ort_fp32": ort_runner(path, args.threads)
+    }
+    builds: dict[str, Any] = {}
+    print(f"{name}: compiling fp32 ({macs / 1e6:.0f} M MACs)", flush=True)
+    runners["edgecam_fp32"], builds["fp32"] = edgecam_runner(path, WORKDIR / f"{name}-fp32-artifact")
+    if args.int8:
+        quantized = int8_model(name, path)
+        runners["ort_int8"] = ort_runner(quantized, args.threads)
+        print(f"{name}: compiling int8", flush=True)
+        runners["edgecam_int8"], builds["int8"] = edgecam_runner(quantized, WORKDIR / f"{name}-int8-artifact")
+    samples: dict[str, list[float]] = {engine: [] for engine in runners}
+    for _ in range(ROUNDS):
+        for engine, run in runners.items():
+            samples[engine] += timed(lambda run=run: run(feed), max(args.runs // ROUNDS, 1))
+    results = {}
+    for engine, ms in samples.items():
+        median = float(np.median(ms))
+        gflops = 2 * macs / (median / 1000.0) / 1e9
+        results[engine] = {
+            "median_ms": median,
+            "p99_ms": float(np.percentile(ms, 99)),
+            "runs": len(ms),
+            "gflops": gflops,
+            "peak_fraction": gflops / peak,
+        }
+    ratios = {
+        "edgecam_fp32_over_ort_fp32": results["edgecam_fp32"]["median_ms"] / results["ort_fp32"]["median_ms"]
+    }
+    if args.int8:
+        ratios["edgecam_int8_over_ort_int8"] = (
+            results["edgecam_int8"]["median_ms"] / results["ort_int8"]["median_ms"]
+        )
+        ratios["edgecam_fp32_over_edgecam_int8"] = (
+            results["edgecam_fp32"]["median_ms"] / results["edgecam_int8"]["median_ms"]
+        )
+    return {"macs": macs, "results": results, "ratios": ratios, "builds": builds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["fashion_cnn", "mobilenet_v2", "resnet18"])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args()
+
+    import onnxruntime
+    import tvm
+
+    host = machine(onnxruntime=onnxruntime.__version__, tvm=tvm.__version__, threads=args.threads)
+    peak = peak_gflops(args.threads)
+    models = {name: bench_model(name, args, peak) for name in args.models}
+    created, day = stamp()
+    record = {"created": created, "machine": host, "peak_gflops": peak, "runs": args.runs, "models": models}
+    print(f"\ntheoretical fp32 peak of {args.threads} cores: {peak:.0f} GFLOP/s")
+    for name, entry in models.items():
+        for engine, r in entry["results"].items():
+            print(
+                f"{name:18} {engine:13} median {r['median_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  "
+                f"{r['gflops']:6.1f} GFLOP/s ({r['peak_fraction']:.1%} of peak)"
+            )
+        print("  " + "  ".join(f"{k} {v:.2f}×" for k, v in entry["ratios"].items()))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench_targets-{day}-{host['host']}.json"
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
