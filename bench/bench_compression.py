@@ -30,7 +30,10 @@ CASES: dict[str, tuple[str, list[dict[str, Any]] | None]] = {
     "prune": ("prune.yaml", None),
     "low_rank": ("low_rank.yaml", None),
     "filter_prune": ("filter_prune.yaml", None),
-    "filter_prune_flops": ("filter_prune.yaml", [{"kind": "filter_prune", "ratio": 0.2}]),
+    "filter_prune_flops": (
+        "filter_prune.yaml",
+        [{"kind": "filter_prune", "ratio": 0.2, "bias_correction": True}],
+    ),
 }
 
 

@@ -357,11 +357,26 @@ class ChannelTracer:
 
     # --- rewrite -----------------------------------------------------------------------------------
 
+    def kept(self, tensor: str, removed: set[int]) -> list[int]:
+        """Channel positions of `tensor` that survive when the slot roots in `removed` go."""
+        return [i for i, s in enumerate(self.traced[tensor]) if self.find(s) not in removed]
+
+    def input_slices(self) -> list[Slice]:
+        """The edits that cut input channels out of a Conv's or Gemm's weight (not its own outputs; a
+        depthwise Conv loses outputs with its inputs, so it has none)."""
+        return [
+            e
+            for e in self.edits
+            if e.index == 1
+            and e.like == e.node.input[0]
+            and (e.node.op_type == "Gemm" or (e.node.op_type == "Conv" and e.axis == 1))
+        ]
+
     def rewrite(self, removed: set[int]) -> None:
         """Slice every recorded input like its tensor's surviving channels."""
 
         def kept(tensor: str) -> list[int]:
-            return [i for i, s in enumerate(self.traced[tensor]) if self.find(s) not in removed]
+            return self.kept(tensor, removed)
 
         for edit in self.edits:
             positions = kept(edit.like)

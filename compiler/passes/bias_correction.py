@@ -3,8 +3,9 @@ Correction", 2019, empirical variant): a pass that perturbs weights (rounding, p
 each output channel's mean by ΔW·E[x]; subtracting that from the layer's bias puts the mean back.
 
 E[x] is measured on the calibration frames by running the *perturbed* model, so each layer is corrected
-for the inputs it really sees. Used by `prune`, `weight_sharing` (option `bias_correction`) and `int8`.
-Seen on the bundled CNN (prune 30% + 3/4-bit sharing): 92.4% → 93.7% top-1, the original's accuracy.
+for the inputs it really sees. Used by `prune`, `weight_sharing`, `filter_prune` (option
+`bias_correction`) and `int8`. Seen on the bundled CNN without fine-tuning: prune 30% + 3/4-bit sharing
+92.4% → 93.7% top-1 (the original's); filter pruning of 34% of the MACs 22.4% → 67.5%.
 """
 
 from __future__ import annotations

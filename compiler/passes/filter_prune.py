@@ -15,17 +15,19 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from edgecam.compiler.errors import PassError
 from edgecam.compiler.passes._channels import ChannelTracer, Producer
 from edgecam.compiler.passes.backends.onnx import OnnxGraph, matches_any, parameter_count, tensor_shapes
-from edgecam.compiler.passes.base import CompressionPass, PassConfig, PassContext, PassResult, register_pass
+from edgecam.compiler.passes.base import CompressionPass, PassContext, PassResult, register_pass
+from edgecam.compiler.passes.bias_correction import CorrectsBias, input_means, output_shift
 
 Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class FilterPruneConfig(PassConfig):
+class FilterPruneConfig(CorrectsBias):
     kind: Literal["filter_prune"] = "filter_prune"
     # Fraction of each selected Conv's output channels removed (the lowest-L1 filters).
     ratio: Ratio = 0.25
@@ -57,6 +59,10 @@ class FilterPrunePass(CompressionPass[FilterPruneConfig]):
             if matches_any(name, self.config.layers) and matches_any(name, self.config.exclude):
                 tracer.skipped[name] = "excluded"
         removed, layers = self._choose(tracer)
+        compensated = None
+        if self.config.bias_correction:
+            feeds = context.require_calibration("filter_prune (bias_correction)")
+            compensated = _compensate(graph, tracer, removed, input_means(model, _consumed(tracer), feeds))
         tracer.rewrite(removed)
         _finish(graph)
         changes = {
@@ -65,6 +71,8 @@ class FilterPrunePass(CompressionPass[FilterPruneConfig]):
             "params_before": parameter_count(model),
             "params_after": parameter_count(graph.model),
         }
+        if compensated is not None:
+            changes["bias_correction"] = compensated
         return PassResult(model=graph.model, changes=changes)
 
     def _selected(self, name: str) -> bool:
@@ -98,6 +106,40 @@ class FilterPrunePass(CompressionPass[FilterPruneConfig]):
         keep = max(1, pinned, total - math.floor(total * ratio + 1e-9))
         keep = min(total, math.ceil(keep / step) * step)
         return total - keep
+
+
+def _consumed(tracer: ChannelTracer) -> list[str]:
+    return [edit.node.input[0] for edit in tracer.input_slices()]
+
+
+def _compensate(
+    graph: OnnxGraph, tracer: ChannelTracer, removed: set[int], means: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Before slicing: add what the removed input channels contributed on average to each consuming
+    layer's bias (Nagel et al.'s bias correction with ΔW = the weights that go), so the layer's mean
+    output stays where it was. E[x] comes from the original model on the calibration frames."""
+    shifts, skipped = {}, {}
+    for edit in tracer.input_slices():
+        node, name = edit.node, str(edit.node.name or edit.node.output[0])
+        positions = tracer.kept(edit.like, removed)
+        weight = graph.weight(node.input[1]).astype(np.float64)
+        if len(positions) == weight.shape[edit.axis]:
+            continue
+        if len(node.input) < 3 or node.input[2] not in graph.initializers:
+            skipped[name] = "no constant bias to compensate into"
+            continue
+        gone = weight.copy()
+        np.put_along_axis(gone, _index(positions, edit.axis, gone.ndim), 0.0, axis=edit.axis)
+        shift = output_shift(node, gone, means[node.input[0]])
+        graph.set_weight(node.input[2], (graph.weight(node.input[2]) + shift).astype(np.float32))
+        shifts[name] = round(float(np.abs(shift).max()), 6)
+    return {"max_abs_shift": shifts, "skipped": skipped}
+
+
+def _index(positions: list[int], axis: int, ndim: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = len(positions)
+    return np.asarray(positions).reshape(shape)
 
 
 def _score(tracer: ChannelTracer, members: list[int]) -> float:

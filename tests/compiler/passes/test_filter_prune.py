@@ -251,3 +251,35 @@ def test_example_recipe_parses() -> None:
 
     recipe, _ = load_recipe(Path(__file__).parents[3] / "models/fashion_cnn/recipes/filter_prune.yaml")
     assert any(isinstance(p, FilterPruneConfig) for p in recipe.passes)
+
+
+def test_bias_correction_keeps_each_consumers_mean_output(tmp_path: Path) -> None:
+    """conv2 reads conv1's channels (through BN and Relu) and, tied by the residual Add, loses the same
+    output channels. With bias correction, each kept conv2 channel's mean over the calibration inputs is
+    exactly the original's: the removed inputs' average contribution moved into its bias."""
+    from edgecam.compiler.passes.bias_correction import input_means
+
+    model = residual_net()
+    feeds = random_feeds(model, 16)
+    config = {"kind": "filter_prune", "ratio": 0.5, "bias_correction": True}
+    result = create_pass(parse_pass_config(config)).apply(model, PassContext(feeds, tmp_path))
+    plain = apply({**config, "bias_correction": False}, model, tmp_path)
+
+    removed = result.changes["layers"]["conv2"]["removed"]
+    kept = [c for c in range(8) if c not in removed]
+    assert len(kept) == 4
+
+    def channel_means(m: Any) -> np.ndarray:
+        return input_means(m, ["c2"], feeds)["c2"].mean(axis=(1, 2))
+
+    original = channel_means(model)[kept]
+    np.testing.assert_allclose(channel_means(result.model), original, atol=1e-5)
+    assert not np.allclose(channel_means(plain.model), original, atol=1e-3)
+    assert set(result.changes["bias_correction"]["max_abs_shift"]) == {"conv2", "fc"}
+
+
+def test_bias_correction_needs_calibration(tmp_path: Path) -> None:
+    from edgecam.compiler.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="calibration"):
+        apply({"kind": "filter_prune", "bias_correction": True}, residual_net(), tmp_path)
