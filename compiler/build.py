@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecam import weight_codec
-from edgecam.compiler import verify
+from edgecam.compiler import tuning, verify
 from edgecam.compiler.artifact import (
     Artifact,
     CodedWeights,
@@ -59,12 +59,16 @@ def compile_model(
     samples: int = DEFAULT_SAMPLES,
     on_step: Callable[[str], None] = lambda step: None,
     weight_coding: WeightCoding | None = None,
+    tuned: bool = True,
 ) -> Artifact:
     """Compile an ONNX model for `target` and write a verified artifact to `out_dir`.
 
     `on_step` is called with each of STEPS as it starts (the CLI draws progress from it). With
     `weight_coding`, its initializers are not baked into the library: the library takes them as
     arguments and the artifact stores them coded in WEIGHTS_NAME (decoded by the runtime at load).
+    With `tuned` (the default), a tuning database for this model and target (compiler/tuning.py) is
+    replayed when one exists; models with coded weights build untuned (their weights are arguments,
+    which the tuned pipeline's weight prepacking cannot fold).
     A codec the runtime cannot decode is refused (InvalidOptionError).
     Raises CompilerError subclasses; on any failure nothing is written.
     """
@@ -76,6 +80,8 @@ def compile_model(
     mod = to_relax(model, coded.names if coded else ())
     if coded is not None:
         mod, coded.transform = _lift_weight_transforms(mod)
+    elif tuned:
+        builder.database = tuning.find_database(sha256_file(model.path), builder.tvm_target())
     on_step("build")
     started = time.perf_counter()
     executable = _build(builder, mod, target)
@@ -124,6 +130,8 @@ def _manifest(
         measurements={
             "build_seconds": round(build_seconds, 3),
             "library_bytes": float(library.stat().st_size),
+            # Measured trials in the replayed tuning database; 0: TVM's default (untuned) schedules.
+            "tuning_records": float(tuning.records_in(builder.database) if builder.database else 0),
         },
     )
 

@@ -71,8 +71,86 @@ def compile_command(
         f"[green]✓[/] {m.model_name} for {m.target.name} ({m.target.tvm.get('mcpu', '')}) → {artifact.path}"
     )
     console.print(f"  {size / 1024:.0f} KiB, built in {m.measurements['build_seconds']:.1f} s; {check}")
+    records = int(m.measurements.get("tuning_records", 0))
+    console.print(
+        f"  tuned: {records} measured trials replayed"
+        if records
+        else "  untuned: no tuning database (edgecam tune)"
+    )
     if m.target.cpu_features:
         console.print(f"  needs CPU features: {' '.join(m.target.cpu_features)}")
+
+
+@app.command("tune")
+def tune_command(
+    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="The ONNX model."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name, e.g. x86_64."),
+    trials: int = typer.Option(
+        1000,
+        "--trials",
+        min=1,
+        help="Measured trials the database should hold in all (a rerun adds the rest).",
+    ),
+    trials_per_task: int = typer.Option(None, "--trials-per-task", min=1, help="Cap per tuning task."),
+    mcpu: str = typer.Option(None, help="CPU to tune for (LLVM name); default: this host's CPU."),
+    num_cores: int = typer.Option(None, "--num-cores", min=1, help="Threads the camera runs with."),
+    db: Path = typer.Option(None, "--db", help="Database root; default: $EDGECAM_TUNING_DIR or ~/.cache."),
+    rpc_tracker: str = typer.Option(None, help="HOST:PORT of an RPC tracker: measure on a remote board."),
+    rpc_key: str = typer.Option(None, help="The board's key at the tracker (with --rpc-tracker)."),
+) -> None:
+    """Tune a model for a target with MetaSchedule; `compile` then reuses the database automatically."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from edgecam.compiler import tuning
+    from edgecam.compiler.artifact import sha256_file
+    from edgecam.compiler.errors import CompilerError, InvalidOptionError
+    from edgecam.compiler.frontends.onnx import load_onnx, to_relax
+    from edgecam.compiler.targets import create_target
+
+    console = Console(stderr=True)
+    options: dict[str, object] = {"mcpu": mcpu} if mcpu else {}
+    if num_cores:
+        options["num_cores"] = num_cores
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} trials"),
+    )
+    try:
+        if (rpc_tracker is None) != (rpc_key is None):
+            raise InvalidOptionError("--rpc-tracker and --rpc-key go together")
+        runner = tuning.rpc_runner(rpc_tracker, rpc_key) if rpc_tracker else "local"
+        builder = create_target(target, **options)
+        loaded = load_onnx(model)
+        tvm_target = builder.tvm_target()
+        database = tuning.database_dir(sha256_file(loaded.path), tvm_target, db)
+        held = tuning.records_in(database)
+        console.print(f"database {database} holds {held} trials; budget {trials}")
+        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+            bar = progress.add_task("tuning", total=max(trials - held, 0))
+
+            def on_progress(done: int, planned: int, seconds: float) -> None:
+                progress.update(bar, completed=done, total=planned)
+
+            result = tuning.tune(
+                # prepare: the module `compile` builds (int8 layers folded), so its workloads match.
+                builder.prepare(to_relax(loaded)),
+                tvm_target,
+                database,
+                trials,
+                trials_per_task,
+                runner,
+                on_progress,
+            )
+    except (CompilerError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"[green]✓[/] {result.tasks} tasks, {result.trials_run} trials measured in {result.seconds:.0f} s; "
+        f"{result.trials_before + result.trials_run} in {result.database}"
+    )
+    console.print(f"  `edgecam compile {model} -t {target}` now builds with these schedules")
 
 
 _RUNS = typer.Option(

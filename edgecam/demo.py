@@ -35,14 +35,20 @@ class DemoResult:
 
 def cached_artifact(workdir: Path) -> Path:
     """Compile the bundled model for this host once; reuse it while it still verifies."""
+    from edgecam.compiler import tuning
     from edgecam.compiler.artifact import ArtifactError, load_artifact, sha256_file
     from edgecam.compiler.build import compile_model
-    from edgecam.compiler.targets import host_target_name
+    from edgecam.compiler.targets import create_target, host_target_name, x86
     from edgecam.models import fashion_cnn
 
     onnx_path = fashion_cnn.onnx_path()
     target = host_target_name()
-    key = f"{fashion_cnn.MODEL_NAME}-{target}-{sha256_file(onnx_path)[:12]}"
+    # A portable CPU level on x86, so the committed tuning database applies on any AVX2 machine.
+    options = x86.portable_options() if target == "x86_64" else {}
+    sha = sha256_file(onnx_path)
+    database = tuning.find_database(sha, create_target(target, **options).tvm_target())
+    tuned = f"tuned{tuning.records_in(database)}" if database else "untuned"
+    key = f"{fashion_cnn.MODEL_NAME}-{target}-{options.get('mcpu', 'host')}-{tuned}-{sha[:12]}"
     out = workdir / key
     try:
         load_artifact(out)
@@ -51,8 +57,9 @@ def cached_artifact(workdir: Path) -> Path:
     except ArtifactError as exc:
         if out.exists():
             console.print(f"cached artifact unusable ({exc}); recompiling")
-    console.print(f"compiling {onnx_path.name} for {target} with TVM (once; cached in {workdir})")
-    compile_model(onnx_path, target, out)
+    how = f"with the tuning database {database}" if database else "untuned (no tuning database for this CPU)"
+    console.print(f"compiling {onnx_path.name} for {target} with TVM {how} (once; cached in {workdir})")
+    compile_model(onnx_path, target, out, target_options=options)
     return out
 
 

@@ -24,9 +24,13 @@ class TargetOptions(BaseModel):
 class Target(abc.ABC):
     name: ClassVar[str]
     options_class: ClassVar[type[TargetOptions]] = TargetOptions
+    # Whether `prepare` computes QDQ (int8) layers in integers (compiler/lowering/qdq_to_integer.py):
+    # on for targets where the integer build is verified; elsewhere they stay float32 as imported.
+    integer_qdq: ClassVar[bool] = False
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or self.options_class()
+        self.database: Path | None = None  # a tuning database to replay (compiler/tuning.py)
 
     @abc.abstractmethod
     def tvm_target(self) -> Any:
@@ -37,21 +41,31 @@ class Target(abc.ABC):
         """What the manifest records: plain name, TVM target, arch and CPU features a host needs."""
 
     def pipeline(self, target: Any) -> Any:
-        """The Relax pass pipeline `tvm.compile` runs for `target`: TVM's untuned default.
-
-        This is the tuning seam. MetaSchedule tuning overrides it to return
-        `tvm.relax.pipeline.static_shape_tuning_pipeline(total_trials, target, work_dir=<database>)`,
-        which tunes (or, with `total_trials=0`, only replays the database) and then lowers.
-        """
+        """The Relax pass pipeline `tvm.compile` runs for `target`: the tuned schedules of `database`
+        when one is set (compiler/tuning.py), else TVM's untuned default."""
         from tvm import relax
 
+        if self.database is not None:
+            from edgecam.compiler.tuning import replay_pipeline
+
+            return replay_pipeline(target, self.database)
         return relax.get_default_pipeline(target)
 
+    def prepare(self, mod: Any) -> Any:
+        """Target-independent rewrites of the imported module, before `pipeline`: what `build` compiles
+        and what tuning must extract its tasks from (the workloads then match)."""
+        if not self.integer_qdq:
+            return mod
+        from edgecam.compiler.lowering.qdq_to_integer import fold_qdq, has_qdq
+
+        return fold_qdq(mod)[0] if has_qdq(mod) else mod
+
     def build(self, mod: Any) -> Any:
-        """Lower and compile a Relax module into an executable (`pipeline` decides how)."""
+        """Lower and compile a Relax module into an executable (`prepare`, then `pipeline`)."""
         import tvm
 
         target = self.tvm_target()
+        mod = self.prepare(mod)
         with target:  # schedules and legalization consult Target.current()
             return tvm.compile(mod, target=target, relax_pipeline=self.pipeline(target))
 

@@ -18,6 +18,9 @@ from edgecam.compiler.targets.base import Target, TargetOptions, plain, register
 log = logging.getLogger(__name__)
 
 TRIPLE = "x86_64-linux-gnu"
+# The x86-64 level (AVX2, FMA, BMI2: 2015+ Intel, 2017+ AMD) the bundled tuning databases are made for:
+# one artifact and one database serve every such camera, whatever its exact CPU model.
+PORTABLE_MCPU = "x86-64-v3"
 
 # LLVM feature name → /proc/cpuinfo flag (Linux cpufeatures.h names), for every extension whose
 # instructions LLVM may emit in generated code: absent on the camera means SIGILL. Left out on purpose:
@@ -77,6 +80,18 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
+def portable_options() -> dict[str, Any]:
+    """{"mcpu": PORTABLE_MCPU} when this host has every feature that level needs, else {} (the host's
+    own CPU): what `edgecam demo` builds with, so it hits the committed tuning database."""
+    import tvm
+
+    needed = required_cpu_features(
+        tvm.target.Target({"kind": "llvm", "mtriple": TRIPLE, "mcpu": PORTABLE_MCPU})
+    )
+    host = host_cpu_features()
+    return {"mcpu": PORTABLE_MCPU} if host and set(needed) <= host else {}
+
+
 def required_cpu_features(target: Any) -> list[str]:
     """The /proc/cpuinfo flags a host needs to run code LLVM generates for `target` (mcpu + mattr)."""
     from tvm.target import codegen
@@ -97,6 +112,7 @@ class X86Options(TargetOptions):
 class X86Target(Target):
     name = "x86_64"
     options_class = X86Options
+    integer_qdq = True
     options: X86Options
 
     def tvm_target(self) -> Any:
