@@ -102,7 +102,7 @@ class _Builder:
 
 
 # (expansion t, output channels c, repeats n, first stride s): Sandler et al. 2018, table 2.
-_MOBILENET_V2 = [
+MOBILENET_V2_BLOCKS = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -118,7 +118,7 @@ def mobilenet_v2(seed: int = 0) -> Any:
     b = _Builder(seed)
     x = b.conv("image", 3, 32, 3, stride=2, act="relu6")
     c_in = 32
-    for t, c, n, s in _MOBILENET_V2:
+    for t, c, n, s in MOBILENET_V2_BLOCKS:
         for i in range(n):
             stride = s if i == 0 else 1
             hidden = c_in * t

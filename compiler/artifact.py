@@ -54,6 +54,9 @@ class TargetInfo(BaseModel):
     arch: str  # platform.machine() of the hosts that can run it
     device: Literal["cpu", "cuda"] = "cpu"
     cpu_features: list[str] = Field(default_factory=list)  # /proc/cpuinfo flag names
+    # What the library holds for the device, e.g. "cubin sm_87": code the driver loads as it is.
+    # None: no device code, or (CUDA artifacts of older edgecam) CUDA source that needs NVRTC at load.
+    device_code: str | None = None
 
 
 class Verification(BaseModel):
@@ -61,6 +64,7 @@ class Verification(BaseModel):
     samples: int
     max_abs_diff: float
     tolerance: float
+    runner: str = "native"  # how the library ran: "native", or an emulator ("qemu-aarch64 -cpu cortex-a53")
 
 
 class SourceModel(BaseModel):

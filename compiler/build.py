@@ -26,6 +26,7 @@ from edgecam.compiler.artifact import (
 from edgecam.compiler.errors import BuildError, CompilerError, InvalidOptionError
 from edgecam.compiler.frontends.onnx import OnnxModel, load_onnx, to_relax
 from edgecam.compiler.targets import Target, create_target
+from edgecam.compiler.targets.base import LibraryRunner
 
 if TYPE_CHECKING:
     from edgecam.compiler.passes.base import WeightCoding
@@ -90,8 +91,9 @@ def compile_model(
         library = _export(builder, executable, Path(tmp), target)
         on_step("verify")
         verification = None
-        if builder.runs_here():
-            verification = _verify(model, Path(tmp) / library, tolerance, samples, coded)
+        runner = builder.library_runner()
+        if runner is not None:
+            verification = _verify(model, Path(tmp) / library, tolerance, samples, coded, runner)
         else:
             log.warning(
                 "this host cannot run %s code: the artifact is not verified against ONNX Runtime", target
@@ -163,15 +165,20 @@ def _export(builder: Target, executable: Any, directory: Path, target: str) -> s
 
 
 def _verify(
-    model: OnnxModel, library: Path, tolerance: float, samples: int, coded: _CodedParams | None
+    model: OnnxModel,
+    library: Path,
+    tolerance: float,
+    samples: int,
+    coded: _CodedParams | None,
+    runner: LibraryRunner,
 ) -> Verification:
     feeds = verify.sample_inputs(model, samples)
     params, transform = (coded.arrays, coded.transform) if coded else ([], None)
-    got = verify.run_library(library, feeds, [spec.name for spec in model.inputs], params, transform)
+    got = runner.run(library, feeds, [spec.name for spec in model.inputs], params, transform)
     expected = verify.run_onnxruntime(model.path, feeds)
     difference = verify.max_difference(got, expected)
     verify.check(difference, tolerance)
-    return Verification(samples=samples, max_abs_diff=difference, tolerance=tolerance)
+    return Verification(samples=samples, max_abs_diff=difference, tolerance=tolerance, runner=runner.where)
 
 
 def _coded_params(model: OnnxModel, coding: WeightCoding) -> _CodedParams | None:

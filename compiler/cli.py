@@ -22,6 +22,7 @@ def compile_command(
     mattr: list[str] = typer.Option(
         None, help="LLVM feature to add/remove, e.g. --mattr=-avx512f (repeatable); for the camera fleet."
     ),
+    arch: str = typer.Option(None, help="GPU compute capability for --target cuda, e.g. sm_87 (Jetson Orin)"),
     tolerance: float = typer.Option(1e-4, help="Largest |TVM - ONNX Runtime| output difference accepted."),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
 ) -> None:
@@ -36,6 +37,8 @@ def compile_command(
     options: dict[str, object] = {"mcpu": mcpu} if mcpu else {}
     if mattr:
         options["mattr"] = mattr
+    if arch:
+        options["arch"] = arch
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(STEPS))
@@ -64,16 +67,16 @@ def compile_command(
     size = sum((artifact.path / name).stat().st_size for name in m.files)
     check = (
         f"max |TVM - ONNX Runtime| = {m.verification.max_abs_diff:.2e} over {m.verification.samples} inputs"
+        + ("" if m.verification.runner == "native" else f" ({m.verification.runner})")
         if m.verification
         else "not verified (this host cannot run the target)"
     )
-    console.print(
-        f"[green]✓[/] {m.model_name} for {m.target.name} ({m.target.tvm.get('mcpu', '')}) → {artifact.path}"
-    )
+    code = m.target.device_code or m.target.tvm.get("mcpu", "")  # cubin sm_87, or the CPU tuned for
+    console.print(f"[green]✓[/] {m.model_name} for {m.target.name} ({code}) → {artifact.path}")
     console.print(f"  {size / 1024:.0f} KiB, built in {m.measurements['build_seconds']:.1f} s; {check}")
     records = int(m.measurements.get("tuning_records", 0))
     console.print(
-        f"  tuned: {records} measured trials replayed"
+        f"  tuned: schedules replayed from a tuning database of {records} records"
         if records
         else "  untuned: no tuning database (edgecam tune)"
     )
@@ -93,10 +96,14 @@ def tune_command(
     ),
     trials_per_task: int = typer.Option(None, "--trials-per-task", min=1, help="Cap per tuning task."),
     mcpu: str = typer.Option(None, help="CPU to tune for (LLVM name); default: this host's CPU."),
+    mattr: list[str] = typer.Option(None, help="LLVM feature to add/remove, as for compile (repeatable)."),
     num_cores: int = typer.Option(None, "--num-cores", min=1, help="Threads the camera runs with."),
     db: Path = typer.Option(None, "--db", help="Database root; default: $EDGECAM_TUNING_DIR or ~/.cache."),
     rpc_tracker: str = typer.Option(None, help="HOST:PORT of an RPC tracker: measure on a remote board."),
     rpc_key: str = typer.Option(None, help="The board's key at the tracker (with --rpc-tracker)."),
+    best_only: bool = typer.Option(
+        False, "--best-only", help="Afterwards keep only each task's best record (to commit a database)."
+    ),
 ) -> None:
     """Tune a model for a target with MetaSchedule; `compile` then reuses the database automatically."""
     from rich.console import Console
@@ -110,6 +117,8 @@ def tune_command(
 
     console = Console(stderr=True)
     options: dict[str, object] = {"mcpu": mcpu} if mcpu else {}
+    if mattr:
+        options["mattr"] = mattr
     if num_cores:
         options["num_cores"] = num_cores
     columns = (
@@ -124,7 +133,10 @@ def tune_command(
         builder = create_target(target, **options)
         loaded = load_onnx(model)
         tvm_target = builder.tvm_target()
-        database = tuning.database_dir(sha256_file(loaded.path), tvm_target, db)
+        sha = sha256_file(loaded.path)
+        database = tuning.database_dir(sha, tvm_target, db)
+        if seeded := tuning.seed_from_bundled(sha, tvm_target, database):
+            console.print(f"starting from the {seeded} records shipped for this model")
         held = tuning.records_in(database)
         console.print(f"database {database} holds {held} trials; budget {trials}")
         with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
@@ -132,6 +144,10 @@ def tune_command(
 
             def on_progress(done: int, planned: int, seconds: float) -> None:
                 progress.update(bar, completed=done, total=planned)
+                if not console.is_terminal:  # a log file gets no live bar: one line per measured batch
+                    eta = tuning.eta_seconds(done, planned, seconds)
+                    eta_text = f", ETA {eta / 60:.1f} min" if eta is not None else ""
+                    console.print(f"tuning: {done}/{planned} trials in {seconds / 60:.1f} min{eta_text}")
 
             result = tuning.tune(
                 # prepare: the module `compile` builds (int8 layers folded), so its workloads match.
@@ -143,14 +159,28 @@ def tune_command(
                 runner,
                 on_progress,
             )
+        if best_only:
+            before, after = tuning.keep_best(database)
+            console.print(f"kept the best of each task: {after} of {before} records")
+    except tuning.TuningInterrupted as exc:
+        console.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(130) from None
     except (CompilerError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     console.print(
         f"[green]✓[/] {result.tasks} tasks, {result.trials_run} trials measured in {result.seconds:.0f} s; "
-        f"{result.trials_before + result.trials_run} in {result.database}"
+        f"{tuning.records_in(result.database)} in {result.database}"
     )
-    console.print(f"  `edgecam compile {model} -t {target}` now builds with these schedules")
+    env = f"{tuning.ENV_ROOT}={db} " if db else ""
+    flags = "".join(
+        f" --{name}={value}"
+        for name, value in (("mcpu", mcpu), *(("mattr", m) for m in mattr or ()))
+        if value
+    )
+    console.print(
+        f"  `{env}edgecam compile {model} -t {target}{flags} -o OUT` now builds with these schedules"
+    )
 
 
 _RUNS = typer.Option(

@@ -27,6 +27,11 @@ class VerificationError(CompilerError):
     """The compiled model disagrees with ONNX Runtime beyond the tolerance; nothing was written."""
 
 
+class EmulatorError(CompilerError):
+    """A cross-compiled library could not be run under emulation (qemu-user) to verify it; the message
+    names what to install or what failed."""
+
+
 class RecipeError(CompilerError):
     """A recipe (or one pass config in it) that is invalid; the message names the field and the choices."""
 

@@ -18,12 +18,18 @@ the tuned kernels want is folded into them at build time.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
+import shutil
+import signal
+import struct
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +55,14 @@ def user_root() -> Path:
 def target_key(target: Any) -> str:
     """A directory name for what makes tuned schedules valid: kind, triple, CPU and features, arch.
 
-    The thread count (`num-cores`) is left out: it shapes which schedule is fastest, not whether it
-    runs, so a camera with other core counts still benefits. Everything else must match exactly.
+    The directory is the only thing that keeps targets apart: a JSONDatabase records each trial's
+    target but answers a query by workload structural hash alone (TVM 0.27: a database tuned for
+    x86-64-v3 hands its schedules to a znver3, aarch64 or even cuda build of the same workload). The
+    build's target still decides the instructions, so a schedule tuned for another CPU never emits
+    ones the camera lacks, but it was chosen for other vector widths and caches (an AVX-512 tiling on
+    an AVX2 camera) and one that tensorizes (VNNI, NEON dot) fails to build elsewhere. So kind, triple,
+    mcpu and mattr must all match; `num-cores` is left out: it shapes which schedule is fastest, not
+    what is valid, and cameras of one model run with different thread counts.
     """
     from edgecam.compiler.targets.base import plain
 
@@ -83,6 +95,63 @@ def find_database(model_sha256: str, target: Any) -> Path | None:
     return None
 
 
+def seed_from_bundled(model_sha256: str, target: Any, database: Path) -> int:
+    """Start an empty `database` from the bundled one for this model and target, if any; returns the
+    records copied. Without it a short `edgecam tune` of a bundled model would write a user database
+    worse than the shipped one, which `find_database` would then prefer; seeded, the search starts
+    from the shipped schedules (MetaSchedule samples part of each population from the database)."""
+    bundled = database_dir(model_sha256, target, BUNDLED_ROOT)
+    if records_in(database) or not records_in(bundled) or database.resolve() == bundled.resolve():
+        return 0
+    database.mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOADS, RECORDS):
+        shutil.copyfile(bundled / name, database / name)
+    return records_in(database)
+
+
+def keep_best(database: Path) -> tuple[int, int]:
+    """Rewrite `database` with only each workload's fastest record, which is all a replay reads, and
+    its workloads serialized without indentation: what is committed for the bundled models (~15×
+    smaller). Returns (records before, records after). Resuming from it re-learns the cost model."""
+    workload_lines = (database / WORKLOADS).read_text().splitlines()
+    best: dict[int, tuple[float, str]] = {}
+    before = 0
+    for line in (database / RECORDS).read_text().splitlines():
+        if not line.strip():
+            continue
+        before += 1
+        workload, (_trace, run_secs, _target, _args) = json.loads(line)
+        # MetaSchedule marks failed runs with 1e10 s (or none); they never win a replay either.
+        if not run_secs or max(run_secs) >= 1e9:
+            continue
+        mean = sum(run_secs) / len(run_secs)
+        if workload not in best or mean < best[workload][0]:
+            best[workload] = (mean, line)
+    kept = sorted(best)
+    renumber = {old: new for new, old in enumerate(kept)}
+    workloads = [_compact_workload(workload_lines[old]) for old in kept]
+    records = []
+    for old in kept:
+        _, (trace, run_secs, target, args) = json.loads(best[old][1])
+        records.append(json.dumps([renumber[old], [trace, run_secs, target, args]], separators=(",", ":")))
+    (database / WORKLOADS).write_text("".join(f"{line}\n" for line in workloads))
+    (database / RECORDS).write_text("".join(f"{line}\n" for line in records))
+    return before, len(records)
+
+
+def _compact_workload(line: str) -> str:
+    """A workload line, [structural hash, base64(8-byte little-endian length + IR JSON)], with the IR
+    JSON re-serialized without TVM's indentation (half the size; it loads to the same module)."""
+    shash, encoded = json.loads(line)
+    raw = base64.b64decode(encoded)
+    (length,) = struct.unpack("<Q", raw[:8])
+    if length != len(raw) - 8:  # not the layout this was written for: keep it as TVM wrote it
+        return line
+    ir = json.dumps(json.loads(raw[8:]), separators=(",", ":")).encode()
+    packed = base64.b64encode(struct.pack("<Q", len(ir)) + ir).decode()
+    return json.dumps([shash, packed], separators=(",", ":"))
+
+
 def prepare(mod: Any, target: Any, prepack: bool = True) -> Any:
     """The module MetaSchedule extracts tasks from: what `static_shape_tuning_pipeline` runs before
     tuning (so the workloads it later looks up are these very ones)."""
@@ -101,12 +170,16 @@ def prepare(mod: Any, target: Any, prepack: bool = True) -> Any:
 
 
 def replay_pipeline(target: Any, database: Path, prepack: bool = True) -> Any:
-    """The Relax pipeline that builds with the database's best schedules and tunes nothing."""
+    """The Relax pipeline that builds with the database's best schedules and tunes nothing: TVM's
+    tuning pipeline with no trials (fuse, apply the database, fold the weight layouts), then the
+    lowering `tvm.compile` runs by default (the tuning pipeline stops at scheduled TIR calls)."""
+    import tvm
     from tvm import relax
 
-    return relax.pipeline.static_shape_tuning_pipeline(
+    tuned = relax.pipeline.static_shape_tuning_pipeline(
         total_trials=0, target=target, work_dir=str(database), cpu_weight_prepack=prepack
     )
+    return tvm.transform.Sequential([tuned, relax.pipeline.default_build_pipeline()])
 
 
 @dataclass
@@ -135,6 +208,7 @@ def tune(
     if trials < 1:
         raise InvalidOptionError(f"trials must be >= 1, got {trials}")
     database.mkdir(parents=True, exist_ok=True)
+    _drop_torn_record(database)
     prepared = prepare(mod, target)
     tasks = ms.relax_integration.extract_tasks(prepared, target, {})
     before = records_in(database)
@@ -144,20 +218,71 @@ def tune(
         return TuneResult(database, len(tasks), before, 0, 0.0)
     progress = _Progress(remaining, on_progress)
     builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S)
-    ms.relax_integration.tune_relax(
-        prepared,
-        {},
-        target,
-        str(database),
-        max_trials_global=remaining,
-        max_trials_per_task=trials_per_task,
-        num_trials_per_iter=TRIALS_PER_ITER,
-        builder=builder,
-        runner=runner,
-        measure_callbacks=[*ms.MeasureCallback.create("default"), progress.callback()],
-        seed=seed,
-    )
+    with _noting_interrupts() as interrupted:
+        progress.stop = interrupted
+        try:
+            ms.relax_integration.tune_relax(
+                prepared,
+                {},
+                target,
+                str(database),
+                max_trials_global=remaining,
+                max_trials_per_task=trials_per_task,
+                num_trials_per_iter=TRIALS_PER_ITER,
+                builder=builder,
+                runner=runner,
+                measure_callbacks=[*ms.MeasureCallback.create("default"), progress.callback()],
+                seed=seed,
+            )
+        except BaseException:
+            if interrupted.is_set():
+                raise TuningInterrupted(database, records_in(database)) from None
+            raise
     return TuneResult(database, len(tasks), before, records_in(database) - before, progress.seconds())
+
+
+class TuningInterrupted(Exception):
+    """Ctrl-C during `tune`. Every measured batch is already in the database; a rerun continues."""
+
+    def __init__(self, database: Path, records: int) -> None:
+        super().__init__(
+            f"interrupted: {database} keeps {records} trials; rerun the same command to continue"
+        )
+        self.database, self.records = database, records
+
+
+@contextmanager
+def _noting_interrupts() -> Iterator[threading.Event]:
+    """Ctrl-C still stops tuning at once, but its KeyboardInterrupt comes back out of MetaSchedule's
+    C++ loop as a bare RuntimeError; the event tells `tune` that it was the user, not a failure.
+    Left alone where SIGINT is not Python's default (ignored, or an embedding application's)."""
+    interrupted = threading.Event()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield interrupted
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _drop_torn_record(database: Path) -> None:
+    """A run killed while appending leaves half a line, which would make the whole database unreadable."""
+    path = database / RECORDS
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
@@ -177,6 +302,8 @@ class _Progress:
     def __init__(self, planned: int, report: OnProgress) -> None:
         self.planned, self.report, self.done = planned, report, 0
         self.started = time.perf_counter()
+        # Set on Ctrl-C: stop after this batch even if MetaSchedule swallowed the interrupt somewhere.
+        self.stop = threading.Event()
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -194,6 +321,8 @@ class _Progress:
             ) -> None:
                 progress.done += len(runs)
                 progress.report(progress.done, progress.planned, progress.seconds())
+                if progress.stop.is_set():
+                    raise KeyboardInterrupt
 
         return ProgressCallback()
 

@@ -4,7 +4,8 @@ Weights become int8 initializers (per output channel by default) read through De
 activations get QuantizeLinear → DequantizeLinear pairs whose scales come from running the model on
 the recipe's calibration frames (min/max, entropy or percentile of each tensor). ONNX Runtime's CPU
 provider fuses each DQ → Conv/Gemm/MatMul → Q into an int8 kernel; other runtimes see the same QDQ
-graph and decide for themselves (TVM 0.27 computes such convs in float32: shared/docs/tvm-notes.md).
+graph and decide for themselves: TVM 0.27 imports such convs as float32, and the CPU targets fold
+them back into integer conv2d/matmul before building (compiler/lowering/qdq_to_integer.py).
 
 Activations default to uint8 and weights to int8 (U8S8): ONNX Runtime's fastest x86 combination.
 """

@@ -1,13 +1,15 @@
 """The Target plug-in contract, after TVM's per-target `relax/backend/<target>/pipeline.py` modules.
 
 A target turns options into a `tvm.target.Target`, builds a Relax module into an exported library,
-says what a host needs to run it (`TargetInfo` in the manifest), and whether this machine can run
-it for verification.
+says what a host needs to run it (`TargetInfo` in the manifest), and how this machine can run it
+for verification (`library_runner`: natively, under an emulator, or not at all).
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgecam.compiler.artifact import TargetInfo
 from edgecam.compiler.errors import InvalidOptionError, UnknownTargetError
+
+
+@dataclass(frozen=True)
+class LibraryRunner:
+    """How this machine executes a target's library: `run` takes verify.run_library's arguments
+    (library, feeds, input names, params, transform) and returns each feed's outputs; `where` says
+    how (the manifest's verification records it): "native", "qemu-aarch64 -cpu cortex-a53", ..."""
+
+    where: str
+    run: Callable[..., list[list[Any]]]
 
 
 class TargetOptions(BaseModel):
@@ -84,6 +96,14 @@ class Target(abc.ABC):
         except ArtifactError:
             return False
         return True
+
+    def library_runner(self) -> LibraryRunner | None:
+        """How this machine runs the library to verify it against ONNX Runtime; None when it cannot."""
+        if not self.runs_here():
+            return None
+        from edgecam.compiler import verify
+
+        return LibraryRunner("native", verify.run_library)
 
 
 _TARGETS: dict[str, type[Target]] = {}

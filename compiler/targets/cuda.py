@@ -1,21 +1,28 @@
 """NVIDIA GPUs through TVM's CUDA backend: its default pipeline fuses, then applies DLight's
 default GPU schedules (no tuning yet).
 
-Builds need no GPU: the library embeds the CUDA kernels as source and TVM's runtime compiles them
-when it loads them (NVRTC). That is a fact of TVM 0.27 (a build with nvcc registered still embeds
-source), so a camera needs NVRTC until edgecam ships compiled cubins. A host without a GPU
-refuses the artifact at load (check "device"), and the compiler cannot verify it against ONNX
-Runtime here: the manifest then says `verification: null`.
+Builds need nvcc but no GPU. The library carries the kernels as a cubin for `arch`, compiled by nvcc
+at build time (compiler/targets/cuda_cubin.py), and no CUDA source: loading it needs only the CUDA
+driver and TVM's CUDA runtime, never NVRTC. (Stock TVM 0.27 would embed the source and compile it
+through NVRTC at every load.) The manifest says so (`device_code: "cubin sm_87"`), and a camera
+refuses a GPU whose compute capability cannot run that cubin. A host without a GPU refuses the
+artifact at load (check "device"). The compiler does not verify it against ONNX Runtime (its check
+runs on the CPU), so the manifest says `verification: null`; bench/bench_cuda.py checks it on a GPU.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from edgecam.compiler.artifact import TargetInfo
 from edgecam.compiler.errors import UnknownTargetError
+from edgecam.compiler.targets import cuda_cubin
 from edgecam.compiler.targets.base import Target, TargetOptions, plain, register_target
 from edgecam.compiler.targets.x86 import TRIPLE
 
@@ -47,6 +54,24 @@ class CudaTarget(Target):
             {"kind": "cuda", "arch": self.options.arch}, host={"kind": "llvm", "mtriple": TRIPLE}
         )
 
+    def build(self, mod: Any) -> Any:
+        # The fallback module keeps the kernels as source even where the CUDA driver is present (it
+        # would otherwise compile them through NVRTC right here); `export` replaces that source.
+        with _environment("TVM_COMPILE_FORCE_FALLBACK", "1"):
+            return super().build(mod)
+
+    def export(self, executable: Any, directory: Path) -> str:
+        name = "model.so"
+        target = self.tvm_target()
+        executable.export_library(str(directory / name), fpack_imports=cuda_cubin.cubin_packer(target))
+        cuda_cubin.check_library(directory / name, self.options.arch)
+        return name
+
+    def runs_here(self) -> bool:
+        # Verification runs libraries on the CPU (compiler/verify.py), so not even a GPU host can verify
+        # one here; bench/bench_cuda.py checks CUDA artifacts against ONNX Runtime on a GPU.
+        return False
+
     def info(self) -> TargetInfo:
         target = self.tvm_target()
         return TargetInfo(
@@ -54,4 +79,19 @@ class CudaTarget(Target):
             tvm={**plain(target.export()), "host": plain(target.host.export())},
             arch="x86_64",
             device="cuda",
+            device_code=f"cubin {self.options.arch}",
         )
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable TVM's C++ reads (getenv) for the duration of a build."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous

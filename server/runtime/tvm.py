@@ -67,17 +67,12 @@ class TvmRuntime:
 
     def __init__(self, artifact: Artifact, entry: str = "main") -> None:
         manifest = artifact.manifest
-        if manifest.target.device != "cpu":
-            raise ModelLoadError(
-                f"artifact {artifact.path} targets device {manifest.target.device!r}; "
-                "this server runs TVM artifacts on the CPU only"
-            )
         self._tvm = import_tvm_runtime()
         self._library = artifact.library_path
         self._inputs = list(manifest.inputs)
         self._outputs = list(manifest.outputs)
         self._lock = threading.Lock()
-        self._device = self._tvm.cpu()
+        self._device = _device(self._tvm, artifact)  # inputs and weights go there, outputs come back
         decoded = decode_weights(artifact)  # before the library: a bad weights file is refused first
         self._vm = self._load_vm(self._library)
         try:
@@ -155,6 +150,65 @@ class TvmRuntime:
 
     def memory_bytes(self) -> int:
         return self._memory
+
+
+def _device(tvm: ModuleType, artifact: Artifact) -> Any:
+    """Where the artifact's code runs: the CPU, or the first CUDA GPU when it can run the cubin."""
+    target = artifact.manifest.target
+    if target.device == "cpu":
+        return tvm.cpu()
+    code = (target.device_code or "").split()
+    if target.device != "cuda" or len(code) != 2 or code[0] != "cubin":
+        raise ModelLoadError(
+            f"artifact {artifact.path} holds {target.device_code or 'CUDA source'} for {target.device!r}; "
+            "this server runs CPU code and CUDA cubins (CUDA source would need NVRTC on the camera): "
+            "recompile it with this edgecam (edgecam compile --target cuda --arch sm_NN)"
+        )
+    load_cuda_runtime(tvm)
+    device = tvm.cuda(0)
+    if not device.exist:
+        raise ModelLoadError(f"artifact {artifact.path} needs an NVIDIA GPU; TVM's CUDA runtime finds none")
+    _check_compute_capability(artifact.path, code[1], str(device.compute_version))
+    return device
+
+
+def load_cuda_runtime(tvm: ModuleType) -> None:
+    """Load TVM's CUDA runtime library (the CUDA device, the cubin loader), which `import tvm` in
+    runtime-only mode leaves out. Global, as TVM's runtime itself is, so its symbols resolve."""
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    with _IMPORT_LOCK:
+        loaded = tvm.base._LOADED_LIBS
+        if "tvm_runtime_cuda" in loaded:
+            return
+        runtime_dir = Path(loaded["tvm_runtime"]._name).resolve().parent
+        try:
+            loaded["tvm_runtime_cuda"] = load_lib_ctypes(
+                package="tvm",
+                target_name="tvm_runtime_cuda",
+                mode="RTLD_GLOBAL",
+                extra_lib_paths=[runtime_dir],
+            )
+        except (OSError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"cannot load TVM's CUDA runtime library: {exc}; it needs the NVIDIA driver (libcuda.so.1) "
+                "and the CUDA 13 runtime (libcudart.so.13) on the library path"
+            ) from exc
+
+
+def _check_compute_capability(path: Path, arch: str, compute_version: str) -> None:
+    """A cubin for sm_XY runs on GPUs of compute capability X.Z with Z >= Y, and on no other."""
+    built = arch.removeprefix("sm_")
+    major, _, minor = compute_version.partition(".")
+    if not (built.isdigit() and major.isdigit() and minor.isdigit()):
+        raise ModelLoadError(
+            f"artifact {path}: cannot compare {arch} with compute capability {compute_version}"
+        )
+    if built[:-1] != major or int(built[-1]) > int(minor):
+        raise ModelLoadError(
+            f"artifact {path} holds a cubin for {arch}; this GPU is compute capability {compute_version}, "
+            f"which cannot run it: recompile with edgecam compile --target cuda --arch sm_{major}{minor}"
+        )
 
 
 def _flatten(result: Any) -> list[np.ndarray]:

@@ -65,6 +65,12 @@ def convnet(tmp_path: Path) -> Path:
     return build_convnet(tmp_path / "convnet.onnx")
 
 
+@pytest.fixture(scope="session")
+def convnet_builder() -> Callable[..., Path]:
+    """build_convnet itself, for fixtures with a wider scope than convnet."""
+    return build_convnet
+
+
 @pytest.fixture
 def make_convnet(tmp_path: Path) -> Callable[..., Path]:
     def make(name: str = "net.onnx", **kwargs: object) -> Path:

@@ -1,7 +1,10 @@
-"""The aarch64 target cross-compiles a real ARM library that uses NEON and says what cores it needs."""
+"""The aarch64 target cross-compiles a real ARM library that uses NEON and says what cores it needs.
+
+These tests see a host without qemu; test_arm_qemu.py (slow) runs the libraries under it."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,15 +13,23 @@ import pytest
 
 from edgecam.compiler.artifact import ArtifactError, load_artifact
 from edgecam.compiler.build import compile_model
-from edgecam.compiler.errors import UnknownTargetError
-from edgecam.compiler.targets import create_target
+from edgecam.compiler.errors import EmulatorError, UnknownTargetError
+from edgecam.compiler.targets import arm_emulation, create_target
 
 pytestmark = pytest.mark.skipif(
     shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs Debian's gcc-aarch64-linux-gnu"
 )
 EM_AARCH64 = 183
+# An Advanced SIMD (NEON) instruction on vector registers, e.g. "fmla v1.4s, v2.4s, v3.s[0]".
+SIMD = re.compile(r"^\s*[0-9a-f]+:\s+[0-9a-f]{8}\s+(\w+)\s+v\d+\.(?:16b|8b|8h|4h|4s|2s|2d)\b")
 
 
+@pytest.fixture
+def no_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(arm_emulation, "missing_tools", lambda: [arm_emulation.QEMU[0]])
+
+
+@pytest.mark.usefixtures("no_emulator")
 def test_cross_compiled_library_is_arm_code_with_neon(convnet: Path, tmp_path: Path) -> None:
     artifact = compile_model(convnet, "aarch64", tmp_path / "arm", target_options={"mcpu": "cortex-a55"})
     library = artifact.library_path.read_bytes()
@@ -27,17 +38,16 @@ def test_cross_compiled_library_is_arm_code_with_neon(convnet: Path, tmp_path: P
     manifest = artifact.manifest
     assert manifest.target.arch == "aarch64"
     assert {"asimd", "asimddp"} <= set(manifest.target.cpu_features)  # A55: NEON and dot product
-    assert manifest.verification is None  # cannot run ARM code on this host; said, not faked
+    assert manifest.verification is None  # no qemu: cannot run ARM code on this host; said, not faked
     disassembly = subprocess.run(
         ["aarch64-linux-gnu-objdump", "-d", str(artifact.library_path)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    vector_ops = sum(
-        1 for line in disassembly.splitlines() if ".4s" in line and ("fmla" in line or "fmul" in line)
-    )
-    assert vector_ops > 10, "expected NEON float32x4 arithmetic in the convolution kernels"
+    simd = [match[1] for line in disassembly.splitlines() if (match := SIMD.match(line))]
+    assert len(simd) > 100, "expected NEON vector code"
+    assert simd.count("fmla") > 10, "expected NEON fused multiply-adds in the convolution kernels"
 
 
 def test_cortex_a53_needs_no_dot_product(convnet: Path, tmp_path: Path) -> None:
@@ -45,6 +55,7 @@ def test_cortex_a53_needs_no_dot_product(convnet: Path, tmp_path: Path) -> None:
     assert "asimd" in info.cpu_features and "asimddp" not in info.cpu_features
 
 
+@pytest.mark.usefixtures("no_emulator")
 def test_this_x86_host_refuses_the_arm_artifact(convnet: Path, tmp_path: Path) -> None:
     compile_model(convnet, "aarch64", tmp_path / "arm")
     with pytest.raises(ArtifactError) as caught:
@@ -56,3 +67,21 @@ def test_unknown_core_lists_camera_cores(convnet: Path, tmp_path: Path) -> None:
     with pytest.raises(UnknownTargetError) as caught:
         compile_model(convnet, "aarch64", tmp_path / "arm", target_options={"mcpu": "cortex-z9"})
     assert "cortex-z9" in str(caught.value) and "cortex-a55" in str(caught.value)
+
+
+def test_without_qemu_running_arm_code_names_the_debian_packages(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(arm_emulation.shutil, "which", lambda name: None)
+    assert create_target("aarch64").library_runner() is None  # compile_model then writes it unverified
+    with pytest.raises(EmulatorError) as caught:
+        arm_emulation.run_library(tmp_path / "model.so", [], ["image"])
+    assert "apt-get install qemu-user-static g++-aarch64-linux-gnu" in str(caught.value)
+
+
+def test_qemu_emulates_the_target_core_when_it_models_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(arm_emulation, "_qemu_cpus", lambda: frozenset({"cortex-a53", "cortex-a76", "max"}))
+    assert arm_emulation.qemu_cpu("cortex-a53", []) == "cortex-a53"  # dot product would fault, as on an A53
+    assert arm_emulation.qemu_cpu("cortex-a55", []) == "max"  # qemu has no A55
+    assert arm_emulation.qemu_cpu("cortex-a76", ["+dotprod"]) == "max"  # features added beyond the core
+    assert arm_emulation.qemu_cpu("cortex-a76", ["-neon"]) == "cortex-a76"

@@ -5,7 +5,12 @@ tuning through TVM's RPC runner over loopback (how a remote ARM board is measure
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from edgecam.compiler import tuning
 from edgecam.compiler.artifact import sha256_file
 from edgecam.compiler.build import compile_model
 from edgecam.compiler.cli import app
+from edgecam.compiler.errors import InvalidOptionError
 from edgecam.compiler.targets import create_target
 from edgecam.models import fashion_cnn
 
@@ -63,39 +69,121 @@ def test_compile_replays_the_bundled_database_and_matches_onnxruntime(tmp_path: 
     assert tuned.library_path.read_bytes() != untuned.library_path.read_bytes()
 
 
+def bundled_database() -> Path:
+    database = tuning.database_dir(sha256_file(fashion_cnn.onnx_path()), x86(), tuning.BUNDLED_ROOT)
+    assert tuning.records_in(database) > 0, "the bundled CNN ships a database for x86-64-v3"
+    return database
+
+
+def test_keep_best_keeps_each_workloads_fastest_record_in_a_smaller_file_that_still_matches(
+    tmp_path: Path,
+) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    shipped = ms.database.JSONDatabase(work_dir=str(bundled_database()), allow_missing=False)
+    # The database as `tune` leaves it: TVM's own (indented) workloads, several records per workload.
+    native = ms.database.JSONDatabase(work_dir=str(tmp_path), allow_missing=True)
+    for record in shipped.get_all_tuning_records():
+        workload = native.commit_workload(record.workload.mod)
+        for scale in (2.0, 0.5, 1e12):  # slower, faster, and a failed run (MetaSchedule's 1e10 s)
+            secs = [min(float(s) * scale, 1e10) for s in record.run_secs]
+            native.commit_tuning_record(
+                ms.database.TuningRecord(record.trace, workload, secs, record.target, record.args_info)
+            )
+    count = len(shipped.get_all_tuning_records())
+    written = (tmp_path / tuning.WORKLOADS).stat().st_size
+
+    assert tuning.keep_best(tmp_path) == (3 * count, count)
+
+    assert (tmp_path / tuning.WORKLOADS).stat().st_size < 0.7 * written
+    kept = ms.database.JSONDatabase(work_dir=str(tmp_path), allow_missing=False)
+    for record in shipped.get_all_tuning_records():  # a replay's lookup still finds every workload
+        best = kept.query_tuning_record(record.workload.mod, record.target, "main")
+        assert best is not None
+        assert [float(s) for s in best.run_secs] == pytest.approx([float(s) / 2 for s in record.run_secs])
+
+
+def test_a_new_user_database_starts_from_the_bundled_one(tmp_path: Path) -> None:
+    sha = sha256_file(fashion_cnn.onnx_path())
+    mine = tuning.database_dir(sha, x86(), tmp_path)
+    assert tuning.seed_from_bundled(sha, x86(), mine) == tuning.records_in(bundled_database()) > 0
+    assert tuning.seed_from_bundled(sha, x86(), mine) == 0  # never over a database that holds records
+    assert tuning.seed_from_bundled(sha, x86(mcpu="znver3"), tmp_path / "other") == 0  # none shipped
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_record_torn_by_a_kill_is_dropped_and_a_met_budget_measures_nothing(tmp_path: Path) -> None:
+    from edgecam.compiler.frontends.onnx import load_onnx, to_relax
+
+    database = tmp_path / "db"
+    database.mkdir()
+    (database / tuning.WORKLOADS).write_text((bundled_database() / tuning.WORKLOADS).read_text())
+    complete = (bundled_database() / tuning.RECORDS).read_text()
+    (database / tuning.RECORDS).write_text(complete + '[3,[[["GetSBlock",[],["ro')  # killed mid-append
+    held = tuning.records_in(bundled_database())
+
+    result = tuning.tune(to_relax(load_onnx(fashion_cnn.onnx_path())), x86(), database, held)
+
+    assert (result.tasks, result.trials_before, result.trials_run) == (held, held, 0)
+    assert (database / tuning.RECORDS).read_text() == complete
+
+
+def test_tune_refuses_a_budget_below_one(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOptionError, match="trials"):
+        tuning.tune(object(), x86(), tmp_path / "db", 0)
+    assert not (tmp_path / "db").exists()
+
+
 def test_cli_tune_refuses_bad_input(tmp_path: Path) -> None:
     model = str(fashion_cnn.onnx_path())
     result = CliRunner().invoke(app, ["tune", model, "-t", "riscv", "--db", str(tmp_path)])
     assert result.exit_code == 2 and "valid targets" in result.output
-    result = CliRunner().invoke(app, ["tune", model, "-t", "x86_64", "--trials", "0"])
-    assert result.exit_code == 2 and "--trials" in result.output
+    for trials in ("0", "-3"):
+        result = CliRunner().invoke(app, ["tune", model, "-t", "x86_64", "--trials", trials])
+        assert result.exit_code == 2 and "--trials" in result.output
+    result = CliRunner().invoke(app, ["tune", str(tmp_path / "missing.onnx"), "-t", "x86_64"])
+    assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(app, ["tune", model, "-t", "x86_64", "--rpc-tracker", "h:1"])
     assert result.exit_code == 2 and "go together" in result.output
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
-def test_tune_writes_a_database_that_a_rerun_continues_and_compile_uses(
-    convnet: Path, tmp_path: Path
+def test_tune_survives_ctrl_c_a_rerun_continues_and_compile_uses_the_database(
+    convnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ["tune", str(convnet), "-t", "x86_64", "--mcpu", "x86-64-v3", "--db", str(tmp_path)]
-    first = CliRunner().invoke(app, [*args, "--trials", "40"])
-    assert first.exit_code == 0, first.output
     database = tuning.database_dir(sha256_file(convnet), x86(), tmp_path)
+    # Ctrl-C at a terminal: SIGINT to the whole process group, MetaSchedule's worker processes included.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "edgecam", *args, "--trials", "500"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not tuning.records_in(database) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os.killpg(run.pid, signal.SIGINT)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
     held = tuning.records_in(database)
-    assert held >= 32 and json.loads((database / tuning.RECORDS).read_text().splitlines()[0])
+    assert run.returncode == 130 and f"keeps {held} trials" in " ".join(output.split()), output
+    assert 0 < held < 500
+    assert all(json.loads(line) for line in (database / tuning.RECORDS).read_text().splitlines())
+
     again = CliRunner().invoke(app, [*args, "--trials", str(held)])
-    assert again.exit_code == 0 and tuning.records_in(database) == held  # budget met: nothing re-measured
-    more = CliRunner().invoke(app, [*args, "--trials", str(held + 32)])
+    assert again.exit_code == 0 and f"holds {held} trials" in " ".join(again.output.split())
+    assert tuning.records_in(database) == held  # budget met: nothing re-measured
+    more = CliRunner().invoke(app, [*args, "--trials", str(held + 8)])
     assert more.exit_code == 0 and tuning.records_in(database) > held
 
-    import os
-
-    os.environ[tuning.ENV_ROOT] = str(tmp_path)
-    try:
-        built = compile_model(convnet, "x86_64", tmp_path / "art", target_options={"mcpu": "x86-64-v3"})
-    finally:
-        del os.environ[tuning.ENV_ROOT]
+    monkeypatch.setenv(tuning.ENV_ROOT, str(tmp_path))
+    built = compile_model(convnet, "x86_64", tmp_path / "art", target_options={"mcpu": "x86-64-v3"})
     assert built.manifest.measurements["tuning_records"] == tuning.records_in(database)
     assert built.manifest.verification is not None and built.manifest.verification.max_abs_diff <= 1e-4
 

@@ -1,0 +1,1 @@
+"""Target-independent Relax rewrites run before a target's pipeline (see `Target.prepare`)."""
