@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgecam.compiler import tuning
-from edgecam.compiler.artifact import sha256_file
+from edgecam.compiler.artifact import load_artifact, sha256_file
 from edgecam.compiler.build import compile_model
 from edgecam.compiler.cli import app
 from edgecam.compiler.errors import InvalidOptionError
@@ -54,15 +54,24 @@ def test_lookup_prefers_the_users_database_and_skips_empty_ones(
     assert tuning.find_database("0" * 64, x86()) is None
 
 
-def test_compile_replays_the_bundled_database_and_matches_onnxruntime(tmp_path: Path) -> None:
-    tuned = compile_model(
-        fashion_cnn.onnx_path(), "x86_64", tmp_path / "t", target_options={"mcpu": "x86-64-v3"}
+def test_compile_replays_the_bundled_database_says_so_and_matches_onnxruntime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(tuning.ENV_ROOT, str(tmp_path / "no-user-databases"))
+    model = str(fashion_cnn.onnx_path())
+    result = CliRunner().invoke(
+        app, ["compile", model, "-t", "x86_64", "--mcpu", "x86-64-v3", "-o", str(tmp_path / "t")]
     )
-    records = tuning.records_in(tuning.find_database(sha256_file(fashion_cnn.onnx_path()), x86()))
+    assert result.exit_code == 0, result.output
+    tuned = load_artifact(tmp_path / "t")
+    records = tuning.records_in(bundled_database())
     assert tuned.manifest.measurements["tuning_records"] == records > 0
+    assert f"tuned: schedules replayed from a tuning database of {records} records" in " ".join(
+        result.output.split()
+    )
     assert tuned.manifest.verification is not None and tuned.manifest.verification.max_abs_diff <= 1e-4
     untuned = compile_model(
-        fashion_cnn.onnx_path(), "x86_64", tmp_path / "u", target_options={"mcpu": "x86-64-v3"}, tuned=False
+        model, "x86_64", tmp_path / "u", target_options={"mcpu": "x86-64-v3"}, tuned=False
     )
     assert untuned.manifest.measurements["tuning_records"] == 0
     # Different schedules, so different code.

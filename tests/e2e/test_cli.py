@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgecam.compiler.targets.x86 import portable_options
 from edgecam.models import fashion_cnn
 from edgecam.server.launcher import RunningServer
 
@@ -50,3 +51,5 @@ def test_demo_runs_and_exits_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "online top-1 accuracy" in result.stdout
     assert "server shut down cleanly" in result.stderr
+    if portable_options():  # an AVX2 x86-64 host: the committed tuning database makes the demo fast
+        assert "with the tuning database" in " ".join(result.stderr.split()), result.stderr
