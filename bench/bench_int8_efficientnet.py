@@ -17,13 +17,13 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from machine_info import machine
+from timing import timed
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 4
@@ -40,17 +40,6 @@ def latency(sessions: dict[str, Any], feed: dict[str, np.ndarray], runs: int) ->
         name: {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(ms)}
         for name, ms in samples.items()
     }
-
-
-def timed(fn: Callable[[], object], runs: int, warmup: int = 10) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000.0)
-    return out
 
 
 def photo_count(recipe: Path) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import shapes
 from machine_info import machine, peak_gflops, stamp
+from timing import timed
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 4
@@ -113,17 +114,6 @@ def ort_runner(path: Path, threads: int) -> Callable[[dict[str, np.ndarray]], ob
     return lambda feed: session.run(None, feed)
 
 
-def timed(fn: Callable[[], object], runs: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000.0)
-    return out
-
-
 def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, Any]:
     from edgecam.compiler.evaluate import count_macs
     from edgecam.compiler.frontends.onnx import load_onnx
@@ -146,7 +136,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, A
     samples: dict[str, list[float]] = {engine: [] for engine in runners}
     for _ in range(ROUNDS):
         for engine, run in runners.items():
-            samples[engine] += timed(lambda run=run: run(feed), max(args.runs // ROUNDS, 1))
+            samples[engine] += timed(lambda run=run: run(feed), max(args.runs // ROUNDS, 1), warmup=5)
     results = {}
     for engine, ms in samples.items():
         median = float(np.median(ms))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecam.compiler.passes.backends.onnx import OnnxGraph
-from edgecam.compiler.passes.base import Feeds, PassConfig
+from edgecam.compiler.passes.base import Feeds, PassConfig, PassContext
 
 CORRECTED_OPS = ("Conv", "Gemm")
 
@@ -25,6 +25,14 @@ class CorrectsBias(PassConfig):
     """Config mix-in of passes that can correct biases (needs the recipe's `calibration` frames)."""
 
     bias_correction: bool = False
+
+    def corrected(self, before: Any, after: Any, context: PassContext) -> dict[str, Any] | None:
+        """`correct_float_biases(before, after, calibration)` when `bias_correction` is on (its report),
+        else None; refuses a recipe without calibration frames."""
+        if not self.bias_correction:
+            return None
+        feeds = context.require_calibration(f"{getattr(self, 'kind', 'pass')} (bias_correction)")
+        return correct_float_biases(before, after, feeds)
 
 
 def output_shift(node: Any, delta: np.ndarray, mean: np.ndarray) -> np.ndarray:

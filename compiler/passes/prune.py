@@ -16,7 +16,7 @@ from pydantic import Field
 
 from edgecam.compiler.passes.backends.onnx import LayerSelection, OnnxGraph, check_patterns, select_weights
 from edgecam.compiler.passes.base import CompressionPass, PassContext, PassResult, register_pass
-from edgecam.compiler.passes.bias_correction import CorrectsBias, correct_float_biases
+from edgecam.compiler.passes.bias_correction import CorrectsBias
 
 PRUNED_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -75,9 +75,8 @@ class PrunePass(CompressionPass[PruneConfig]):
             "zeros": zeros,
             "sparsity": round(zeros / total, 6) if total else 0.0,
         }
-        if self.config.bias_correction:
-            feeds = context.require_calibration("prune (bias_correction)")
-            changes["bias_correction"] = correct_float_biases(model, graph.model, feeds)
+        if (correction := self.config.corrected(model, graph.model, context)) is not None:
+            changes["bias_correction"] = correction
         return PassResult(model=graph.model, changes=changes)
 
     def _select(self, graph: OnnxGraph) -> tuple[list[_Target], dict[str, str]]:

@@ -32,7 +32,7 @@ from edgecam.compiler.passes.base import (
     WeightCoding,
     register_pass,
 )
-from edgecam.compiler.passes.bias_correction import CorrectsBias, correct_float_biases
+from edgecam.compiler.passes.bias_correction import CorrectsBias
 
 SHARED_OPS = ("Conv", "Gemm", "MatMul")
 Bits = Annotated[int, Field(ge=1, le=8)]
@@ -90,10 +90,9 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
             "coded_bytes": coded,
             "ratio": round(raw / coded, 3) if coded else 0.0,
         }
-        if self.config.bias_correction:
-            # Biases stay raw fp32 (not coded), so correcting them leaves the coding valid.
-            feeds = context.require_calibration("weight_sharing (bias_correction)")
-            changes["bias_correction"] = correct_float_biases(model, graph.model, feeds)
+        # Biases stay raw fp32 (not coded), so correcting them leaves the coding valid.
+        if (correction := self.config.corrected(model, graph.model, context)) is not None:
+            changes["bias_correction"] = correction
         coding = WeightCoding(codec=weight_codec.CODEC, encoded=encoded, decode=weight_codec.decode)
         return PassResult(model=graph.model, changes=changes, coding=coding if encoded else None)
 
