@@ -49,6 +49,7 @@ def main() -> int:
     prep = steps.add_parser("prepare", help="here: build the kit and print the device tool call")
     prep.add_argument("--arch", default="sm_90", help="compute capability of the lent GPU (H100: sm_90)")
     prep.add_argument("--runs", type=int, default=200, help="timed runs per engine in the printed command")
+    prep.add_argument("--cuda-graph", action="store_true", help="build with the cuda target's cuda_graph on")
     go = steps.add_parser("run", help="on the GPU machine: check and time")
     go.add_argument("--kit", type=Path, required=True)
     go.add_argument("--out", type=Path, required=True, help="folder for the JSON record ($OUT there)")
@@ -56,14 +57,14 @@ def main() -> int:
     go.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     args = parser.parse_args()
     if args.step == "prepare":
-        return prepare(args.arch, args.runs)
+        return prepare(args.arch, args.runs, args.cuda_graph)
     return run(args.kit, args.out, max(args.runs, 100), not args.no_compile)
 
 
-def prepare(arch: str, runs: int) -> int:
+def prepare(arch: str, runs: int, cuda_graph: bool) -> int:
     import cuda_kit
 
-    kit = cuda_kit.prepare(arch)
+    kit = cuda_kit.prepare(arch, cuda_graph)
     kit_size, tree_size = cuda_kit.size_of(kit), cuda_kit.checkout_bytes()
     carry, command = cuda_kit.run_call(runs)
     print(f"\nkit {kit}: {kit_size / 2**20:.1f} MiB; checkout: {tree_size / 2**20:.1f} MiB", end="")
@@ -121,6 +122,7 @@ def run(kit: Path, out: Path, runs: int, with_compile: bool) -> int:
         "artifact_host_check": host_check,
         "nvrtc_compile_calls": len(nvrtc_calls),
         "settings": {"batch": 1, "runs": runs, "warmup": WARMUP, "rounds": ROUNDS, "rtol": RTOL},
+        "target_options": json.loads((kit / "target_options.json").read_text()),
         "models": {},
     }
     ok = True
@@ -156,6 +158,7 @@ def bench_model(name: str, artifact: Any, runtime: Any, runs: int, with_compile:
     timings = time_engines(engines, runs)
     result: dict[str, Any] = {"device_code": artifact.manifest.target.device_code, "checks": checks}
     result["timings_ms"] = timings
+    result["edgecam_gpu_profile"] = kernel_profile(engines["edgecam_on_device"])
     baseline = timings.get("torch_eager_fp32_on_device")
     if baseline and "median" in baseline:
         result["speedup_vs_torch_eager_fp32"] = {
@@ -257,6 +260,26 @@ def time_engines(engines: dict[str, Callable[[], Any]], runs: int) -> dict[str, 
             "runs": len(t),
         }
         for name, t in samples.items()
+    }
+
+
+def kernel_profile(call: Callable[[], Any], calls: int = 20) -> dict[str, Any]:
+    """Kernels launched and GPU time they take per call (CUPTI, through torch.profiler): when the
+    GPU time is far below the call's latency, launches and the host dominate, not the kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    busiest: dict[str, float] = {}
+    for event in kernels:
+        busiest[event.name] = busiest.get(event.name, 0.0) + event.device_time / 1e3 / calls
+    top = sorted(busiest.items(), key=lambda item: -item[1])[:5]
+    return {
+        "kernels_per_call": round(len(kernels) / calls, 1),
+        "gpu_ms_per_call": round(sum(e.device_time for e in kernels) / 1e3 / calls, 4),
+        "top_kernels_ms": {name[:80]: round(ms, 4) for name, ms in top},
     }
 
 

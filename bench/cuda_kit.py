@@ -12,11 +12,13 @@ The checkout itself travels with every call: edgecam is imported from it (bench_
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = Path("bench/.cuda-run")  # relative to the checkout, as the `run` tool's carry wants it
@@ -37,13 +39,15 @@ WHEELS = (
 _TVM_LEFT_OUT = {"3rdparty", "include", "src", "web"}
 
 
-def prepare(arch: str) -> Path:
+def prepare(arch: str, cuda_graph: bool = False) -> Path:
     """Build the kit under ROOT/KIT (replacing it) and return its path."""
     kit = ROOT / KIT
     shutil.rmtree(kit, ignore_errors=True)
     (kit / "artifacts").mkdir(parents=True)
+    options = {"arch": arch, "cuda_graph": cuda_graph}
     for name in MODELS:
-        build_artifact(name, arch, kit / "artifacts" / name)
+        build_artifact(name, options, kit / "artifacts" / name)
+    (kit / "target_options.json").write_text(json.dumps(options) + "\n")  # into the run's record
     copy_tvm_runtime(kit / "site" / "tvm")
     (kit / "wheels").mkdir()
     for name in WHEELS:
@@ -51,7 +55,7 @@ def prepare(arch: str) -> Path:
     return kit
 
 
-def build_artifact(name: str, arch: str, out: Path) -> None:
+def build_artifact(name: str, options: dict[str, Any], out: Path) -> None:
     import shapes
 
     from edgecam.compiler.build import compile_model
@@ -62,8 +66,8 @@ def build_artifact(name: str, arch: str, out: Path) -> None:
         model = Path(fashion_cnn.onnx_path())
     else:
         model = shapes.write(name, ROOT / ".cache/bench")
-    print(f"compiling {name} for cuda {arch} ...", flush=True)
-    artifact = compile_model(model, "cuda", out, target_options={"arch": arch})
+    print(f"compiling {name} for cuda {options} ...", flush=True)
+    artifact = compile_model(model, "cuda", out, target_options=options)
     print(f"  {artifact.manifest.target.device_code}, {size_of(out) / 2**20:.1f} MiB", flush=True)
 
 

@@ -1,5 +1,6 @@
 """NVIDIA GPUs through TVM's CUDA backend: its default pipeline fuses, then applies DLight's
-default GPU schedules (no tuning yet).
+default GPU schedules with one rule of edgecam's first (compiler/targets/cuda_schedules.py); no
+tuning yet. Option `cuda_graph` replays a call's kernel launches as one CUDA graph.
 
 Builds need nvcc but no GPU. The library carries the kernels as a cubin for `arch`, compiled by nvcc
 at build time (compiler/targets/cuda_cubin.py), and no CUDA source: loading it needs only the CUDA
@@ -34,6 +35,12 @@ class CudaOptions(TargetOptions):
     arch: str = Field(
         default="sm_87", description="compute capability, e.g. sm_87 (Jetson Orin), sm_90 (H100)"
     )
+    # Off by default: on an H100, MobileNetV2's 54 launches cost the VM < 0.1 ms and the graph made a
+    # call no faster (bench/README.md); a GPU with a slower host CPU (Jetson) may differ.
+    cuda_graph: bool = Field(
+        default=False,
+        description="replay the model's kernel launches as one recorded CUDA graph (static shapes only)",
+    )
 
 
 @register_target
@@ -54,10 +61,22 @@ class CudaTarget(Target):
             {"kind": "cuda", "arch": self.options.arch}, host={"kind": "llvm", "mtriple": TRIPLE}
         )
 
+    def pipeline(self, target: Any) -> Any:
+        if self.database is not None:
+            return super().pipeline(target)
+        from edgecam.compiler.targets import cuda_schedules
+
+        return cuda_schedules.default_pipeline(target)
+
     def build(self, mod: Any) -> Any:
         # The fallback module keeps the kernels as source even where the CUDA driver is present (it
         # would otherwise compile them through NVRTC right here); `export` replaces that source.
-        with _environment("TVM_COMPILE_FORCE_FALLBACK", "1"):
+        import tvm
+
+        # With a CUDA graph the first call records the kernel launches and later calls replay them
+        # in one; TVM's pipeline (RewriteCUDAGraph) rewrites for it when this config is set.
+        config = {"relax.backend.use_cuda_graph": self.options.cuda_graph}
+        with _environment("TVM_COMPILE_FORCE_FALLBACK", "1"), tvm.transform.PassContext(config=config):
             return super().build(mod)
 
     def export(self, executable: Any, directory: Path) -> str:
