@@ -4,12 +4,13 @@
                                             [--runs 100] [--threads 2] [--no-int8]
 
 For each model: ONNX Runtime (CPU provider, `--threads` intra-op threads, exact int8 kernels) and the
-edgecam artifact (`compile_model` for x86_64: tuned when a tuning database for the model exists, else
-TVM's default schedules; run through the camera's runtime) on the same input, fp32 and int8 (edgecam's
-`int8` pass, calibrated on real frames). Engines run interleaved in rounds so load hits them alike;
-median and p99 over `--runs`, GFLOP/s (2 × MACs / median) and its fraction of this CPU's theoretical
-peak. MobileNetV2 and ResNet-18 are built in code with random weights (bench/shapes.py);
-EfficientNet-Lite0 is used when exported to .cache/bench (bench_int8_efficientnet.py does that).
+edgecam artifact (`compile_model` for x86_64 at the portable level `edgecam demo` uses: tuned when a
+tuning database for the model exists, else TVM's default schedules; run through the camera's runtime)
+on the same input, fp32 and int8 (edgecam's `int8` pass, calibrated on real frames). Engines run
+interleaved in rounds so load hits them alike; median and p99 over `--runs`, GFLOP/s (2 × MACs /
+median) and its fraction of this CPU's theoretical peak. MobileNetV2 and ResNet-18 are built in code
+with random weights (bench/shapes.py); EfficientNet-Lite0 is used when exported to .cache/bench
+(bench_int8_efficientnet.py does that).
 The record goes to bench/results/bench_targets-<date>-<host>.json.
 """
 
@@ -90,10 +91,13 @@ def int8_model(name: str, path: Path) -> Path:
 
 def edgecam_runner(path: Path, out: Path) -> tuple[Callable[[dict[str, np.ndarray]], object], dict[str, Any]]:
     from edgecam.compiler.build import compile_model
+    from edgecam.compiler.targets import x86
     from edgecam.server.runtime import load_model
 
     started = time.perf_counter()
-    artifact = compile_model(path, "x86_64", out)
+    # As `edgecam demo` builds: for the portable x86-64 level this CPU has, the level the committed
+    # tuning databases are for.
+    artifact = compile_model(path, "x86_64", out, target_options=x86.portable_options())
     seconds = time.perf_counter() - started
     model = load_model(artifact.path)
     manifest = artifact.manifest

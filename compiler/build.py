@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEPS = ("import", "build", "verify", "write")
-DEFAULT_TOLERANCE = 1e-4  # absolute, for fp32 logits: TVM and ORT sum in different orders
 DEFAULT_SAMPLES = 8
 REFERENCE_NAME = "reference.onnx"
 WEIGHTS_NAME = "weights.ecw"
@@ -56,7 +55,7 @@ def compile_model(
     target: str,
     out_dir: Path,
     target_options: dict[str, Any] | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
     samples: int = DEFAULT_SAMPLES,
     on_step: Callable[[str], None] = lambda step: None,
     weight_coding: WeightCoding | None = None,
@@ -70,6 +69,8 @@ def compile_model(
     With `tuned` (the default), a tuning database for this model and target (compiler/tuning.py) is
     replayed when one exists; models with coded weights build untuned (their weights are arguments,
     which the tuned pipeline's weight prepacking cannot fold).
+    `tolerance` bounds |TVM - ONNX Runtime| on every output; None: what fits the model
+    (verify.model_tolerance: 1e-4 for a float model, a few quantization steps for an int8 one).
     A codec the runtime cannot decode is refused (InvalidOptionError).
     Raises CompilerError subclasses; on any failure nothing is written.
     """
@@ -83,6 +84,7 @@ def compile_model(
         mod, coded.transform = _lift_weight_transforms(mod)
     elif tuned:
         builder.database = tuning.find_database(sha256_file(model.path), builder.tvm_target())
+    coverage = _tuning_coverage(builder, mod)
     on_step("build")
     started = time.perf_counter()
     executable = _build(builder, mod, target)
@@ -99,7 +101,7 @@ def compile_model(
                 "this host cannot run %s code: the artifact is not verified against ONNX Runtime", target
             )
         on_step("write")
-        manifest = _manifest(model, builder, Path(tmp) / library, verification, build_seconds)
+        manifest = _manifest(model, builder, Path(tmp) / library, verification, build_seconds, coverage)
         files = {library: Path(tmp) / library}
         if coded is None:
             # The source model travels along: the server's reference for shadow checks and debugging.
@@ -112,9 +114,18 @@ def compile_model(
 
 
 def _manifest(
-    model: OnnxModel, builder: Target, library: Path, verification: Verification | None, build_seconds: float
+    model: OnnxModel,
+    builder: Target,
+    library: Path,
+    verification: Verification | None,
+    build_seconds: float,
+    coverage: tuple[int, int] | None,
 ) -> Manifest:
     import tvm
+
+    tuned = {"tuned_tasks": 0.0}
+    if coverage is not None:  # tasks with schedules from the database, of all the build's tasks
+        tuned = {"tuned_tasks": float(coverage[0]), "tuning_tasks": float(coverage[1])}
 
     return Manifest(
         model_name=model.name,
@@ -134,12 +145,31 @@ def _manifest(
             "library_bytes": float(library.stat().st_size),
             # Measured trials in the replayed tuning database; 0: TVM's default (untuned) schedules.
             "tuning_records": float(tuning.records_in(builder.database) if builder.database else 0),
+            **tuned,
         },
     )
 
 
-def _check_options(tolerance: float, samples: int) -> None:
-    if not tolerance >= 0:  # also refuses NaN, which no difference could ever pass
+def _tuning_coverage(builder: Target, mod: Any) -> tuple[int, int] | None:
+    """(tasks the replayed database schedules, all tasks) for the manifest; None without a database.
+    A database that matches none is said out loud: the build is then as slow as an untuned one."""
+    if builder.database is None:
+        return None
+    tuned, tasks = tuning.tuned_tasks(builder.prepare(mod), builder.tvm_target(), builder.database)
+    if tuned == 0:
+        log.warning(
+            "the tuning database %s holds schedules for none of this build's %d tasks (made for another "
+            "import or TVM version?): building with default schedules; rerun `edgecam tune`",
+            builder.database,
+            tasks,
+        )
+    elif tuned < tasks:
+        log.info("replaying tuned schedules for %d of %d tasks; the rest keep TVM's defaults", tuned, tasks)
+    return tuned, tasks
+
+
+def _check_options(tolerance: float | None, samples: int) -> None:
+    if tolerance is not None and not tolerance >= 0:  # also refuses NaN, which no difference could ever pass
         raise InvalidOptionError(f"tolerance must be a number >= 0, got {tolerance!r}")
     if samples < 1:
         raise InvalidOptionError(f"samples must be >= 1 to verify anything, got {samples}")
@@ -167,7 +197,7 @@ def _export(builder: Target, executable: Any, directory: Path, target: str) -> s
 def _verify(
     model: OnnxModel,
     library: Path,
-    tolerance: float,
+    tolerance: float | None,
     samples: int,
     coded: _CodedParams | None,
     runner: LibraryRunner,
@@ -176,9 +206,19 @@ def _verify(
     params, transform = (coded.arrays, coded.transform) if coded else ([], None)
     got = runner.run(library, feeds, [spec.name for spec in model.inputs], params, transform)
     expected = verify.run_onnxruntime(model.path, feeds)
-    difference = verify.max_difference(got, expected)
-    verify.check(difference, tolerance)
-    return Verification(samples=samples, max_abs_diff=difference, tolerance=tolerance, runner=runner.where)
+    differences = verify.output_differences(got, expected)
+    bounds = (
+        verify.model_tolerance(model.proto, expected)
+        if tolerance is None
+        else verify.user_tolerance(tolerance, len(model.outputs))
+    )
+    verify.check_outputs(differences, bounds, [spec.name for spec in model.outputs])
+    return Verification(
+        samples=samples,
+        max_abs_diff=max(differences, default=0.0),
+        tolerance=bounds.loosest,
+        runner=runner.where,
+    )
 
 
 def _coded_params(model: OnnxModel, coding: WeightCoding) -> _CodedParams | None:

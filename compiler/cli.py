@@ -23,7 +23,11 @@ def compile_command(
         None, help="LLVM feature to add/remove, e.g. --mattr=-avx512f (repeatable); for the camera fleet."
     ),
     arch: str = typer.Option(None, help="GPU compute capability for --target cuda, e.g. sm_87 (Jetson Orin)"),
-    tolerance: float = typer.Option(1e-4, help="Largest |TVM - ONNX Runtime| output difference accepted."),
+    tolerance: float = typer.Option(
+        None,
+        help="Largest |TVM - ONNX Runtime| output difference accepted; default: 1e-4 for a float model, "
+        "12 quantization steps of each output for an int8 (QDQ) one.",
+    ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
 ) -> None:
     """Compile an ONNX model with TVM for a target and verify it against ONNX Runtime."""
@@ -75,8 +79,9 @@ def compile_command(
     console.print(f"[green]✓[/] {m.model_name} for {m.target.name} ({code}) → {artifact.path}")
     console.print(f"  {size / 1024:.0f} KiB, built in {m.measurements['build_seconds']:.1f} s; {check}")
     records = int(m.measurements.get("tuning_records", 0))
+    tuned, tasks = int(m.measurements.get("tuned_tasks", 0)), int(m.measurements.get("tuning_tasks", 0))
     console.print(
-        f"  tuned: schedules replayed from a tuning database of {records} records"
+        f"  tuned: schedules for {tuned} of {tasks} tasks replayed from a database of {records} records"
         if records
         else "  untuned: no tuning database (edgecam tune)"
     )

@@ -11,9 +11,10 @@ Roots, first match wins: `$EDGECAM_TUNING_DIR` or ~/.cache/edgecam/tuning (what 
 then the databases shipped for the bundled models (edgecam/models/tuning, read-only).
 
 A database only applies to the exact import + pipeline that produced it (MetaSchedule matches
-workloads by structural hash), so tuning and replay share `prepare` below and TVM's
-`static_shape_tuning_pipeline`. Weights stay bound as constants; with `cpu_weight_prepack` the layout
-the tuned kernels want is folded into them at build time.
+workloads by structural hash), so tuning and replay share `lower_for_tuning` below and TVM's
+`static_shape_tuning_pipeline`. A task the database holds no record for keeps TVM's default schedule
+(the replay still builds; `tuned_tasks` says how many were replayed). Weights stay bound as
+constants; with `cpu_weight_prepack` the layout the tuned kernels want is folded into them at build time.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +153,10 @@ def _compact_workload(line: str) -> str:
     return json.dumps([shash, packed], separators=(",", ":"))
 
 
-def prepare(mod: Any, target: Any, prepack: bool = True) -> Any:
-    """The module MetaSchedule extracts tasks from: what `static_shape_tuning_pipeline` runs before
-    tuning (so the workloads it later looks up are these very ones)."""
+def lower_for_tuning(mod: Any, target: Any, prepack: bool = True) -> Any:
+    """`mod` lowered to the TIR functions MetaSchedule extracts tasks from: the passes
+    `static_shape_tuning_pipeline` runs before tuning (so the workloads it later looks up are these
+    very ones)."""
     import tvm
     from tvm import relax
 
@@ -169,17 +171,36 @@ def prepare(mod: Any, target: Any, prepack: bool = True) -> Any:
         return tvm.transform.Sequential(passes)(mod)
 
 
-def replay_pipeline(target: Any, database: Path, prepack: bool = True) -> Any:
+def replay_pipeline(
+    target: Any, database: Path, prepack: bool = True, schedule_rest: Sequence[Any] = ()
+) -> Any:
     """The Relax pipeline that builds with the database's best schedules and tunes nothing: TVM's
-    tuning pipeline with no trials (fuse, apply the database, fold the weight layouts), then the
-    lowering `tvm.compile` runs by default (the tuning pipeline stops at scheduled TIR calls)."""
+    tuning pipeline with no trials (fuse, apply the database, fold the weight layouts), then
+    `schedule_rest` for the kernels the database has no record of (a GPU kernel must be given its
+    threads; a CPU one builds unscheduled), then the lowering `tvm.compile` runs by default (the
+    tuning pipeline stops at scheduled TIR calls)."""
     import tvm
     from tvm import relax
 
     tuned = relax.pipeline.static_shape_tuning_pipeline(
         total_trials=0, target=target, work_dir=str(database), cpu_weight_prepack=prepack
     )
-    return tvm.transform.Sequential([tuned, relax.pipeline.default_build_pipeline()])
+    return tvm.transform.Sequential([tuned, *schedule_rest, relax.pipeline.default_build_pipeline()])
+
+
+def tuned_tasks(mod: Any, target: Any, database: Path) -> tuple[int, int]:
+    """(tasks of `mod` that `database` holds a schedule for, all of its tasks): how much of a build
+    `replay_pipeline` schedules from the database; the rest keep TVM's default schedules. `mod` is
+    the module the build compiles (after `Target.prepare`). 0 of N: a stale database (one made from
+    another import or pipeline), whose records match nothing."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(lower_for_tuning(mod, target), target, {})
+    records = ms.database.JSONDatabase(work_dir=str(database), allow_missing=False)
+    tuned = sum(
+        records.query_tuning_record(task.dispatched[0], target, task.task_name) is not None for task in tasks
+    )
+    return tuned, len(tasks)
 
 
 @dataclass
@@ -209,8 +230,8 @@ def tune(
         raise InvalidOptionError(f"trials must be >= 1, got {trials}")
     database.mkdir(parents=True, exist_ok=True)
     _drop_torn_record(database)
-    prepared = prepare(mod, target)
-    tasks = ms.relax_integration.extract_tasks(prepared, target, {})
+    lowered = lower_for_tuning(mod, target)
+    tasks = ms.relax_integration.extract_tasks(lowered, target, {})
     before = records_in(database)
     remaining = trials - before
     if remaining <= 0:
@@ -222,7 +243,7 @@ def tune(
         progress.stop = interrupted
         try:
             ms.relax_integration.tune_relax(
-                prepared,
+                lowered,
                 {},
                 target,
                 str(database),

@@ -62,11 +62,17 @@ class CudaTarget(Target):
         )
 
     def pipeline(self, target: Any) -> Any:
-        if self.database is not None:
-            return super().pipeline(target)
         from edgecam.compiler.targets import cuda_schedules
 
-        return cuda_schedules.default_pipeline(target)
+        if self.database is None:
+            return cuda_schedules.default_pipeline(target)
+        from tvm.s_tir import dlight as dl
+
+        from edgecam.compiler.tuning import replay_pipeline
+
+        # Kernels the database has no record of still need threads: the default rules give them.
+        rest = [dl.ApplyDefaultSchedule(*cuda_schedules.schedule_rules())]
+        return replay_pipeline(target, self.database, prepack=False, schedule_rest=rest)
 
     def build(self, mod: Any) -> Any:
         # The fallback module keeps the kernels as source even where the CUDA driver is present (it

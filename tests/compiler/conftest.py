@@ -2,62 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-
-def build_convnet(path: Path, seed: int = 0, metadata: bool = True, batch: int | str = 1) -> Path:
-    """image [batch,1,28,28] → Conv 3x3 (4) → Relu → MaxPool → Flatten → Gemm → logits [batch,10]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "conv_w"),
-        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "conv_b"),
-        numpy_helper.from_array((rng.standard_normal((10, 4 * 14 * 14)) * 0.05).astype(np.float32), "fc_w"),
-        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fc_b"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "convnet",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    if metadata:
-        helper.set_model_props(
-            model,
-            {
-                "edgecam.model_name": "convnet",
-                "edgecam.labels": json.dumps([f"c{i}" for i in range(10)]),
-                "edgecam.preprocessing": json.dumps(
-                    {
-                        "height": 28,
-                        "width": 28,
-                        "color": "GRAY",
-                        "layout": "NCHW",
-                        "mean": [0.5],
-                        "std": [0.5],
-                    }
-                ),
-            },
-        )
-    onnx.save(model, str(path))
-    return path
+from convnets import build_convnet
 
 
 @pytest.fixture

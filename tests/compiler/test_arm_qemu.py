@@ -8,7 +8,9 @@ runtime wheels into ~/.cache/edgecam/aarch64-runner.
 
 from __future__ import annotations
 
+import collections
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import onnx
 import pytest
 
 from edgecam.compiler import verify
-from edgecam.compiler.build import DEFAULT_TOLERANCE, compile_model
+from edgecam.compiler.build import compile_model
 from edgecam.compiler.errors import EmulatorError
 from edgecam.compiler.frontends.onnx import load_onnx
 from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
@@ -53,7 +55,7 @@ def test_bundled_cnn_under_qemu_matches_onnxruntime_on_real_images(
     verification = artifact.manifest.verification
     assert verification is not None, "compile_model should have verified under qemu"
     assert verification.runner == emulated
-    assert verification.max_abs_diff <= DEFAULT_TOLERANCE
+    assert verification.max_abs_diff <= verify.FLOAT_TOLERANCE
 
     spec = load_onnx(onnx_path()).preprocessing
     images, _ = load_samples()
@@ -64,6 +66,55 @@ def test_bundled_cnn_under_qemu_matches_onnxruntime_on_real_images(
     expected = verify.run_onnxruntime(onnx_path(), feeds)
     assert verify.max_difference(got, expected) <= 1e-4
     assert [out[0].argmax() for out in got] == [out[0].argmax() for out in expected]
+
+
+# An Advanced SIMD instruction on vector registers (as in test_arm.py), e.g. "smlal v0.4s, v1.4h, v2.4h".
+SIMD = re.compile(r"^\s*[0-9a-f]+:\s+[0-9a-f]{8}\s+(\w+)\s+v\d+\.(?:16b|8b|8h|4h|4s|2s|2d)\b")
+
+
+@pytest.mark.parametrize(
+    ("mcpu", "activations", "integer_simd"),
+    [
+        ("cortex-a53", "uint8", {"smull", "smull2", "smlal", "smlal2"}),  # widening multiply-accumulate
+        ("cortex-a55", "int8", {"sdot"}),  # ARMv8.2 dot product: four int8 products per lane
+    ],
+)
+def test_int8_cnn_under_qemu_matches_onnxruntimes_exact_int8_kernels(
+    mcpu: str, activations: str, integer_simd: set[str], tmp_path: Path
+) -> None:
+    """The bundled CNN through the int8 pass (calibrated on a few real images), built for aarch64 with
+    its layers in integers, run under qemu on other real images: within one output quantization step of
+    ONNX Runtime with edgecam's session options (exact int32 sums), in integer NEON code."""
+    spec = load_onnx(onnx_path()).preprocessing
+    images, _ = load_samples()
+    feeds = [{"image": preprocess(image, spec)} for image in images[: REAL_IMAGES + 32]]
+    quantized = create_pass(parse_pass_config({"kind": "int8", "activation_type": activations})).apply(
+        onnx.load(str(onnx_path())), PassContext(feeds[REAL_IMAGES:], tmp_path / "work")
+    )
+    model = tmp_path / "int8.onnx"
+    onnx.save(quantized.model, str(model))
+
+    artifact = compile_model(model, "aarch64", tmp_path / "arm", target_options={"mcpu": mcpu}, samples=2)
+
+    assert artifact.manifest.verification is not None
+    assert artifact.manifest.verification.runner.startswith("qemu-aarch64")
+    runner = create_target("aarch64", mcpu=mcpu).library_runner()
+    assert runner is not None
+    got = runner.run(artifact.library_path, feeds[:REAL_IMAGES], ["image"], (), None)
+    expected = verify.run_onnxruntime(model, feeds[:REAL_IMAGES])
+    # The int8 pass leaves the logits float: their step is what 8 bits over their range would give.
+    step = verify.model_tolerance(quantized.model, expected).loosest / verify.QUANTIZED_STEPS
+    assert verify.max_difference(got, expected) <= step
+    assert [out[0].argmax() for out in got] == [out[0].argmax() for out in expected]
+
+    disassembly = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(artifact.library_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    simd = collections.Counter(m[1] for line in disassembly.splitlines() if (m := SIMD.match(line)))
+    assert sum(simd[name] for name in integer_simd) >= 20, f"expected {integer_simd} in the layers: {simd}"
 
 
 def test_coded_weights_and_their_transform_run_under_qemu(convnet: Path, tmp_path: Path) -> None:
@@ -82,7 +133,7 @@ def test_coded_weights_and_their_transform_run_under_qemu(convnet: Path, tmp_pat
     assert manifest.coded_weights is not None and manifest.coded_weights.transform is not None
     assert manifest.verification is not None
     assert manifest.verification.runner.startswith("qemu-aarch64")
-    assert manifest.verification.max_abs_diff <= DEFAULT_TOLERANCE
+    assert manifest.verification.max_abs_diff <= verify.FLOAT_TOLERANCE
 
 
 def test_a_file_that_is_no_library_fails_with_the_runtime_error(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import build_convnet
+from convnets import build_convnet
 
 from edgecam.compiler.lowering.qdq_to_integer import LAYER_OPS, Folding, fold_qdq, has_qdq
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,15 +66,21 @@ def test_compile_replays_the_bundled_database_says_so_and_matches_onnxruntime(
     assert result.exit_code == 0, result.output
     tuned = load_artifact(tmp_path / "t")
     records = tuning.records_in(bundled_database())
-    assert tuned.manifest.measurements["tuning_records"] == records > 0
-    assert f"tuned: schedules replayed from a tuning database of {records} records" in " ".join(
-        result.output.split()
+    measured = tuned.manifest.measurements
+    assert measured["tuning_records"] == records > 0
+    # The shipped database keeps one record per task, for every task.
+    assert measured["tuned_tasks"] == measured["tuning_tasks"] == records
+    assert (
+        f"tuned: schedules for {records} of {records} tasks replayed from a database of {records} records"
+        in (" ".join(result.output.split()))
     )
     assert tuned.manifest.verification is not None and tuned.manifest.verification.max_abs_diff <= 1e-4
     untuned = compile_model(
         model, "x86_64", tmp_path / "u", target_options={"mcpu": "x86-64-v3"}, tuned=False
     )
-    assert untuned.manifest.measurements["tuning_records"] == 0
+    assert (
+        untuned.manifest.measurements["tuning_records"] == untuned.manifest.measurements["tuned_tasks"] == 0
+    )
     # Different schedules, so different code.
     assert tuned.library_path.read_bytes() != untuned.library_path.read_bytes()
 
@@ -82,6 +89,67 @@ def bundled_database() -> Path:
     database = tuning.database_dir(sha256_file(fashion_cnn.onnx_path()), x86(), tuning.BUNDLED_ROOT)
     assert tuning.records_in(database) > 0, "the bundled CNN ships a database for x86-64-v3"
     return database
+
+
+def test_a_partial_database_replays_what_it_holds_and_the_rest_builds_with_default_schedules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a short `edgecam tune` leaves: records for some tasks only. The build still verifies."""
+    monkeypatch.setenv(tuning.ENV_ROOT, str(tmp_path))
+    model = fashion_cnn.onnx_path()
+    partial = tuning.database_dir(sha256_file(model), x86(), tmp_path)
+    partial.mkdir(parents=True)
+    (partial / tuning.WORKLOADS).write_text((bundled_database() / tuning.WORKLOADS).read_text())
+    every = (bundled_database() / tuning.RECORDS).read_text().splitlines()
+    kept = [line for line in every if json.loads(line)[0] % 2 == 0]  # the even workloads' records
+    (partial / tuning.RECORDS).write_text("".join(f"{line}\n" for line in kept))
+    assert 0 < len(kept) < len(every)
+
+    artifact = compile_model(model, "x86_64", tmp_path / "art", target_options={"mcpu": "x86-64-v3"})
+
+    measured = artifact.manifest.measurements
+    assert measured["tuning_records"] == measured["tuned_tasks"] == len(kept)
+    assert measured["tuning_tasks"] == len(every)  # one record per task in the shipped database
+    verification = artifact.manifest.verification
+    assert verification is not None and verification.max_abs_diff <= 1e-4
+
+
+def test_a_database_that_matches_no_task_is_reported(
+    convnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bundled CNN's records filed under another model: nothing matches, the build is untuned."""
+    monkeypatch.setenv(tuning.ENV_ROOT, str(tmp_path))
+    stale = tuning.database_dir(sha256_file(convnet), x86(), tmp_path)
+    stale.mkdir(parents=True)
+    for name in (tuning.WORKLOADS, tuning.RECORDS):
+        (stale / name).write_text((bundled_database() / name).read_text())
+
+    with caplog.at_level("WARNING", logger="edgecam.compiler.build"):
+        artifact = compile_model(convnet, "x86_64", tmp_path / "art", target_options={"mcpu": "x86-64-v3"})
+
+    measured = artifact.manifest.measurements
+    assert measured["tuned_tasks"] == 0 and measured["tuning_tasks"] > 0
+    assert "none of this build's" in caplog.text and "edgecam tune" in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="CUDA builds need nvcc")
+def test_a_cuda_build_gives_kernels_the_database_lacks_the_default_gpu_schedules(
+    convnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU kernel without a record must still get threads, or the build fails; here no kernel has one."""
+    monkeypatch.setenv(tuning.ENV_ROOT, str(tmp_path))
+    cuda = create_target("cuda", arch="sm_90").tvm_target()
+    stale = tuning.database_dir(sha256_file(convnet), cuda, tmp_path)
+    stale.mkdir(parents=True)
+    for name in (tuning.WORKLOADS, tuning.RECORDS):
+        (stale / name).write_text((bundled_database() / name).read_text())
+
+    artifact = compile_model(convnet, "cuda", tmp_path / "art", target_options={"arch": "sm_90"})
+
+    measured = artifact.manifest.measurements
+    assert measured["tuning_records"] > 0  # the database was replayed ...
+    assert measured["tuned_tasks"] == 0 and measured["tuning_tasks"] > 0  # ... and matched nothing
+    assert artifact.manifest.target.device_code == "cubin sm_90"
 
 
 def test_keep_best_keeps_each_workloads_fastest_record_in_a_smaller_file_that_still_matches(
