@@ -6,12 +6,13 @@ lands in GeneralReduction, which gives each output element a block of 256 thread
 reduction: for a 3×3 depthwise conv that is 9 useful threads out of 256, and on an H100 such kernels
 took 2 of MobileNetV2's 2.7 ms. `ThreadPerOutput` takes these kernels first: one thread per output
 element, the short reduction run serially in a register, the fused epilogue (bias, ReLU6) applied by
-the same thread.
+the same thread. At the other end, `BlockPerOutput` takes kernels with few outputs but long
+reductions (1×1 convs on 7×7 maps) away from Matmul's tiles, which would leave most of the GPU idle.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
 # Reductions this short are cheaper serial in one thread than shared between threads; a 7×7
@@ -19,13 +20,20 @@ from typing import Any
 # channels (DLight's Matmul rule takes those anyway) would not.
 MAX_SERIAL_REDUCTION = 64
 THREADS_PER_BLOCK = 256
+# A kernel with at most this many outputs and a reduction at least MIN_SHARED_REDUCTION long gets a
+# block per output element whose threads share the reduction (DLight's GeneralReduction): DLight's
+# Matmul tiles would give a 1×1 conv on a 7×7 map (160 × 49 outputs, 960 inputs) 6 blocks, leaving
+# an H100's 132 SMs nearly idle (0.10 ms for 7.5 M MACs).
+MAX_BLOCK_PER_OUTPUT = 16384
+MIN_SHARED_REDUCTION = 512
 
 
 def schedule_rules() -> list[Any]:
-    """DLight's default GPU rules with ThreadPerOutput placed before the reductions'."""
+    """DLight's default GPU rules with edgecam's two placed where they take over."""
     from tvm.s_tir import dlight as dl
 
     return [
+        BlockPerOutput(),
         dl.gpu.Matmul(),
         dl.gpu.GEMV(),
         ThreadPerOutput(),
@@ -62,37 +70,74 @@ def _rule_base() -> type:
     return GPUScheduleRule
 
 
+@dataclass
+class _ReductionKernel:
+    """A kernel, producers inlined, that is one reduction block followed by elementwise blocks."""
+
+    schedule: Any  # s_tir.Schedule with the producers inlined
+    reduction: Any  # SBlockInfo of the reduction block
+    epilogue: list[Any]  # SBlockInfo of the blocks after it
+    outputs: int  # spatial iterations of the reduction block
+    length: int  # reduction iterations per output
+
+
+def _reduction_kernel(func: Any) -> _ReductionKernel | None:
+    """`func` as a _ReductionKernel; None for any other kernel or symbolic extents."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    infos = try_inline(sch, infos)  # padding and other producers fold into the reduction's reads
+    if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
+        return None
+    extents = {"S": 1, "R": 1}
+    for i in infos[0].iters:
+        if not isinstance(i.dom, int) or i.kind not in extents:
+            return None
+        extents[i.kind] *= i.dom
+    return _ReductionKernel(sch, infos[0], infos[1:], extents["S"], extents["R"])
+
+
+class BlockPerOutput(_rule_base()):  # type: ignore[misc]
+    """A block per output element for kernels with few outputs and a long reduction (≤
+    MAX_BLOCK_PER_OUTPUT outputs, ≥ MIN_SHARED_REDUCTION steps), scheduled by DLight's
+    GeneralReduction; any other kernel is left to the next rule."""
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        from tvm.s_tir import dlight as dl
+
+        if not self.is_target_available(target):
+            return None
+        kernel = _reduction_kernel(func)
+        if kernel is None or kernel.outputs > MAX_BLOCK_PER_OUTPUT or kernel.length < MIN_SHARED_REDUCTION:
+            return None
+        return dl.gpu.GeneralReduction().apply(func, target, tunable)
+
+
 class ThreadPerOutput(_rule_base()):  # type: ignore[misc]
     """One thread per output element for a kernel with one short reduction (≤ MAX_SERIAL_REDUCTION
-    iterations) followed by elementwise work; any other kernel is left to the next rule."""
+    iterations) followed by at most one elementwise block; any other kernel is left to the next rule."""
 
     def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
-        from tvm import s_tir, tirx
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
-        from tvm.s_tir.dlight.base import try_inline
-
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        if not self.is_target_available(target):
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        kernel = _reduction_kernel(func)
+        if kernel is None or kernel.length > MAX_SERIAL_REDUCTION:
             return None
-        infos = try_inline(sch, infos)  # padding and other producers fold into the reduction's reads
-        if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
-            return None
-        reduction, epilogue = infos[0], infos[1:]
-        extents = [i.dom for i in reduction.iters if i.kind == "R"]
-        if not all(isinstance(e, int) for e in extents) or math.prod(extents) > MAX_SERIAL_REDUCTION:
-            return None
+        epilogue = kernel.epilogue
         if len(epilogue) > 1 or (epilogue and not epilogue[0].is_injective()):
             return None
 
-        block = reduction.block_rv
-        loops = sch.get_loops(block)
-        spatial = [loop for loop, kind in zip(loops, reduction.dom_kind(), strict=True) if kind == "S"]
-        reduce = [loop for loop, kind in zip(loops, reduction.dom_kind(), strict=True) if kind == "R"]
-        if len(spatial) + len(reduce) != len(loops):
-            return None
+        sch, block = kernel.schedule, kernel.reduction.block_rv
+        loops, kinds = sch.get_loops(block), kernel.reduction.dom_kind()
+        spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
+        reduce = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
         sch.reorder(*spatial, *reduce)
         bx, tx = sch.split(sch.fuse(*spatial), factors=[None, THREADS_PER_BLOCK])
         sch.bind(bx, "blockIdx.x")

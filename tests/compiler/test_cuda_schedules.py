@@ -14,7 +14,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecam.compiler.targets.base import create_target
-from edgecam.compiler.targets.cuda_schedules import MAX_SERIAL_REDUCTION, THREADS_PER_BLOCK
+from edgecam.compiler.targets.cuda_schedules import (
+    MAX_BLOCK_PER_OUTPUT,
+    MAX_SERIAL_REDUCTION,
+    MIN_SHARED_REDUCTION,
+    THREADS_PER_BLOCK,
+)
 
 CHANNELS, SIZE = 8, 20
 
@@ -41,6 +46,23 @@ def _model(depthwise: bool, layers: int = 1) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, SIZE, SIZE])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, SIZE, SIZE])],
         init,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _pointwise(channels_in: int, channels_out: int, size: int) -> onnx.ModelProto:
+    """A 1×1 conv + bias: channels_out × size² outputs, each a channels_in-long reduction."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((channels_out, channels_in, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+        "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels_in, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels_out, size, size])],
+        [
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(rng.standard_normal(channels_out).astype(np.float32), "b"),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -83,6 +105,20 @@ def test_a_long_reduction_is_left_to_tvms_rules() -> None:
     script = _conv_kernel(_lowered(_model(depthwise=False)))
     # DLight's Matmul rule takes a full conv: tiled (blockIdx.y, vthreads), not one thread per element.
     bindings = _bindings(script)
+    assert "blockIdx.y" in bindings or "vthread.y" in bindings, bindings
+
+
+def test_few_outputs_with_a_long_reduction_get_a_block_each() -> None:
+    # MobileNetV2's 960 → 160 1×1 conv on a 7×7 map: 7840 outputs, 960-long reductions.
+    assert MAX_BLOCK_PER_OUTPUT >= 160 * 49 and MIN_SHARED_REDUCTION <= 960
+    bindings = _bindings(_conv_kernel(_lowered(_pointwise(960, 160, 7))))
+    assert bindings == {"blockIdx.x": 160 * 49, "threadIdx.x": THREADS_PER_BLOCK}
+
+
+def test_many_outputs_stay_with_the_matmul_tiles() -> None:
+    # The same conv on a 28×28 map has 125440 outputs: enough tiles to fill the GPU.
+    assert MAX_BLOCK_PER_OUTPUT < 160 * 28 * 28
+    bindings = _bindings(_conv_kernel(_lowered(_pointwise(960, 160, 28))))
     assert "blockIdx.y" in bindings or "vthread.y" in bindings, bindings
 
 
