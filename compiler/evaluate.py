@@ -14,7 +14,7 @@ What is counted:
 - FLOPs: 2 × MACs (one multiply and one add each).
 - latency: wall time of one batch-1 call from Python on the first evaluation input, after `warmup`
   calls; median (p50) and 99th percentile over `runs`. ONNX Runtime: CPU provider, `threads` intra-op
-  threads. TVM: the recipe's target built untuned (TVM's default schedules, no MetaSchedule) with its
+  threads. TVM: the recipe's target built untuned (default schedules, no MetaSchedule) with its
   target plugin, timed in a separate process through the TVM runtime alone (what a camera runs) with
   TVM_NUM_THREADS=`threads`; skipped, with the reason, when this host cannot run the target's code.
 - top-1: argmax of the first output against the labels; agreement: the fraction of inputs whose argmax

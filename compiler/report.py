@@ -156,7 +156,7 @@ def _caption(report: Report) -> str:
         f"(drop {gate.drop_pp:.2f} pp, allowed {gate.allowed_pp:.2f} pp) "
         f"on {report.evaluation_samples} inputs",
         f"latency: batch 1, {report.options.runs} runs after {report.options.warmup} warm-up, "
-        f"{report.options.threads} threads; TVM untuned (default schedules) on {report.host}",
+        f"{report.options.threads} threads; TVM untuned (no MetaSchedule) on {report.host}",
     ]
     skipped = {step.tvm_skipped for step in report.steps if step.tvm_skipped}
     lines += [f"TVM skipped: {reason}" for reason in sorted(skipped)]

@@ -54,13 +54,22 @@ class Target(abc.ABC):
 
     def pipeline(self, target: Any) -> Any:
         """The Relax pass pipeline `tvm.compile` runs for `target`: the tuned schedules of `database`
-        when one is set (compiler/tuning.py), else TVM's untuned default."""
-        from tvm import relax
-
+        when one is set (compiler/tuning.py), else `default_pipeline`."""
         if self.database is not None:
             from edgecam.compiler.tuning import replay_pipeline
 
             return replay_pipeline(target, self.database)
+        return self.default_pipeline(target)
+
+    def default_pipeline(self, target: Any) -> Any:
+        """The untuned pipeline: on CPUs (LLVM) TVM's default with edgecam's ParallelRows schedule
+        (compiler/targets/cpu_schedules.py), else TVM's default for the target kind."""
+        from tvm import relax
+
+        if target.kind.name == "llvm":
+            from edgecam.compiler.targets import cpu_schedules
+
+            return cpu_schedules.default_pipeline(target)
         return relax.get_default_pipeline(target)
 
     def prepare(self, mod: Any) -> Any:

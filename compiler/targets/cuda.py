@@ -61,13 +61,17 @@ class CudaTarget(Target):
             {"kind": "cuda", "arch": self.options.arch}, host={"kind": "llvm", "mtriple": TRIPLE}
         )
 
-    def pipeline(self, target: Any) -> Any:
+    def default_pipeline(self, target: Any) -> Any:
         from edgecam.compiler.targets import cuda_schedules
 
+        return cuda_schedules.default_pipeline(target)
+
+    def pipeline(self, target: Any) -> Any:
         if self.database is None:
-            return cuda_schedules.default_pipeline(target)
+            return self.default_pipeline(target)
         from tvm.s_tir import dlight as dl
 
+        from edgecam.compiler.targets import cuda_schedules
         from edgecam.compiler.tuning import replay_pipeline
 
         # Kernels the database has no record of still need threads: the default rules give them.
