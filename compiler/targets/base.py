@@ -56,9 +56,12 @@ class Target(abc.ABC):
         """The Relax pass pipeline `tvm.compile` runs for `target`: the tuned schedules of `database`
         when one is set (compiler/tuning.py), else `default_pipeline`."""
         if self.database is not None:
+            from edgecam.compiler.targets import cpu_schedules
             from edgecam.compiler.tuning import replay_pipeline
 
-            return replay_pipeline(target, self.database)
+            # Kernels the database has no record of get the untuned schedule, as without a database.
+            rest = cpu_schedules.schedule_passes() if target.kind.name == "llvm" else []
+            return replay_pipeline(target, self.database, schedule_rest=rest)
         return self.default_pipeline(target)
 
     def default_pipeline(self, target: Any) -> Any:

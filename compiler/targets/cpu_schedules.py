@@ -22,17 +22,23 @@ def default_pipeline(target: Any) -> Any:
     takes before the build."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline
-    from tvm.s_tir import dlight as dl
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: Any, _context: Any) -> Any:
         with target:
             passes = pipeline.library_dispatch_passes(target) + pipeline.legalize_passes(target)
-            passes += [dl.ApplyDefaultSchedule(ParallelRows())]
+            passes += schedule_passes()
             passes += pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def schedule_passes() -> list[Any]:
+    """The pass that applies ParallelRows to every kernel nothing scheduled before it."""
+    from tvm.s_tir import dlight as dl
+
+    return [dl.ApplyDefaultSchedule(ParallelRows())]
 
 
 def _rule_base() -> type:
