@@ -6,8 +6,9 @@ convolution the kernel-window reduction innermost (3 iterations), which LLVM can
 loops run in parallel on TVM's thread pool, the reduction sits inside them and the last output loop
 (a row of the output) is innermost, where consecutive elements are independent and LLVM vectorizes
 them; the fused epilogue (bias, ReLU) runs per parallel chunk. Measured untuned at x86-64-v3, 2
-threads: bundled CNN 22.4 → 4.5 ms, MobileNetV2 209 → 68 ms, EfficientNet-Lite0 339 → 96 ms. Tuning
-(compiler/tuning.py) still does far better; this is what a model gets before anyone tunes it.
+threads, median of 5 calls on a 2-core znver3 that was busy with other work (so ±30%): bundled CNN
+22.4 → 4.5 ms, MobileNetV2 209 → 68 ms, EfficientNet-Lite0 339 → 96 ms. Tuning (compiler/tuning.py)
+still does far better; this is what a model gets before anyone tunes it.
 """
 
 from __future__ import annotations
