@@ -1,6 +1,6 @@
 """Benchmark: EfficientNet-Lite0 int8 (edgecam's `int8` pass) against fp32, under ONNX Runtime.
 
-    .venv/bin/python bench/bench_int8_efficientnet.py [--runs 200] [--threads 2]
+    .venv/bin/python bench/bench_int8_efficientnet.py [--runs 200] [--threads 2] [--weight-rounding adaround]
 
 Applies models/efficientnet_lite0/recipes/int8.yaml (calibrated on OpenCV's sample photos) and
 measures, on the recipe's evaluation set (scikit-image photos + vtest.avi frames, no labels):
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
@@ -119,7 +120,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
+    parser.add_argument(
+        "--weight-rounding",
+        choices=["recipe", "nearest", "adaround"],
+        default="recipe",
+        help="override the recipe's int8 `weight_rounding` (the result file is then named for it)",
+    )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("edgecam.compiler.passes.adaround").setLevel(logging.INFO)  # a line per layer
 
     import onnxruntime as ort
 
@@ -133,7 +142,8 @@ def main() -> None:
     if not model_path.is_file():
         export.export(model_path)
     started = time.perf_counter()
-    run = apply_recipe(model_path, args.workdir / "int8-work")
+    options = {} if args.weight_rounding == "recipe" else {"weight_rounding": args.weight_rounding}
+    run = apply_recipe(model_path, args.workdir / "int8-work", options=options)
     quantize_seconds = time.perf_counter() - started
     fp16 = (
         create_pass(parse_pass_config({"kind": "fp16"})).apply(run.fp32, PassContext([], args.workdir)).model
@@ -156,6 +166,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": info,
         "quantize_seconds": round(quantize_seconds, 1),
+        "pass_options": options,
         "agreement": agree,
         "latency": times,
         "int8_speedup": times["fp32"]["median_ms"] / times["int8"]["median_ms"],
@@ -165,7 +176,10 @@ def main() -> None:
     }
     report(record)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench_int8_efficientnet-{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
+    variant = f"{args.weight_rounding}-" if options else ""
+    out = RESULTS / (
+        f"bench_int8_efficientnet-{variant}{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
+    )
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
 

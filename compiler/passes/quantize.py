@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,13 @@ class Int8Config(PassConfig):
     # Bias Correction", 2019): rounding the weights shifts each output channel's mean by ΔW·E[x];
     # subtracting that (E[x] measured on the calibration set) from the int32 bias removes the shift.
     bias_correction: bool = True
+    # How the int8 weights are rounded: to nearest, or AdaRound (compiler/passes/adaround.py): per
+    # Conv/Gemm, each weight rounded up or down to minimise the layer's output error on the calibration
+    # inputs, layer by layer on the quantized model's own inputs; biases re-fitted. Scales unchanged.
+    weight_rounding: Literal["nearest", "adaround"] = "nearest"
+    adaround_iterations: int = Field(default=300, ge=1, le=100_000)  # Adam steps per layer
+    # Output positions sampled per layer (im2col rows over all calibration inputs): time and memory.
+    adaround_positions: int = Field(default=4096, ge=16, le=1_000_000)
 
 
 class _Reader:
@@ -125,6 +133,8 @@ class Int8Pass(CompressionPass[Int8Config]):
         changes = self._changes(model, result, excluded, len(feeds))
         if self.config.bias_correction:
             changes["bias_correction"] = correct_biases(result, onnx.load(str(source)), feeds)
+        if self.config.weight_rounding == "adaround":
+            changes["adaround"] = self._adaround(result, onnx.load(str(source)), feeds)
         return PassResult(model=result, changes=changes)
 
     def _quantize(self, source: Path, target: Path, feeds: list[Feeds], excluded: list[str]) -> None:
@@ -158,6 +168,19 @@ class Int8Pass(CompressionPass[Int8Config]):
                 )
         except Exception as exc:  # ORT raises assorted types (shape inference, calibration, op support)
             raise PassError(f"int8: ONNX Runtime could not quantize the model: {exc}") from exc
+
+    def _adaround(self, result: Any, source: Any, feeds: list[Feeds]) -> dict[str, Any]:
+        from edgecam.compiler.passes.adaround import AdaRoundSettings, adaround
+
+        config = self.config
+        settings = AdaRoundSettings(
+            iterations=config.adaround_iterations, positions=config.adaround_positions
+        )
+        bound = 64 if config.reduce_range else 127  # ORT's int8 weight range (symmetric / 7-bit)
+        started = time.perf_counter()
+        report = adaround(result, source, feeds, settings, (-bound, bound))
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        return report
 
     def _changes(self, before: Any, after: Any, excluded: list[str], calibration: int) -> dict[str, Any]:
         config = self.config
@@ -214,7 +237,7 @@ def correct_biases(qdq: Any, fp32: Any, feeds: Sequence[Feeds]) -> dict[str, Any
     for plan in layers:
         shift = plan.shift(means[plan.node.input[0]])
         bias = graph.initializers[plan.bias_dq.input[0]]
-        scale, zero = _dq_params(graph, plan.bias_dq)
+        scale, zero = dq_params(graph, plan.bias_dq)
         values = (numpy_helper.to_array(bias).astype(np.float64) - zero) * scale - shift
         coded = np.clip(np.round(values / scale) + zero, -(2**31), 2**31 - 1).astype(np.int32)
         bias.CopyFrom(numpy_helper.from_array(coded, bias.name))
@@ -242,8 +265,8 @@ def _bias_plan(node: Any, graph: OnnxGraph, originals: dict[str, Any]) -> _BiasP
 
     if node.op_type not in ("Conv", "Gemm"):
         return ""
-    weight_dq = _producer(graph, node.input[1], "DequantizeLinear")
-    bias_dq = _producer(graph, node.input[2], "DequantizeLinear") if len(node.input) > 2 else None
+    weight_dq = producer(graph, node.input[1], "DequantizeLinear")
+    bias_dq = producer(graph, node.input[2], "DequantizeLinear") if len(node.input) > 2 else None
     if weight_dq is None or bias_dq is None:
         return "no quantized weight and bias"
     if weight_dq.input[0] not in graph.initializers or bias_dq.input[0] not in graph.initializers:
@@ -255,13 +278,13 @@ def _bias_plan(node: Any, graph: OnnxGraph, originals: dict[str, Any]) -> _BiasP
     original = originals.get(weight_dq.input[0].removesuffix("_quantized"))
     if original is None:
         return f"float weight of {weight_dq.input[0]!r} not found"
-    scale, zero = _dq_params(graph, weight_dq)
+    scale, zero = dq_params(graph, weight_dq)
     quantized = numpy_helper.to_array(graph.initializers[weight_dq.input[0]]).astype(np.float64)
     delta = (quantized - zero) * scale - numpy_helper.to_array(original).astype(np.float64)
     return _BiasPlan(node, bias_dq, delta)
 
 
-def _dq_params(graph: OnnxGraph, dq: Any) -> tuple[np.ndarray, np.ndarray]:
+def dq_params(graph: OnnxGraph, dq: Any) -> tuple[np.ndarray, np.ndarray]:
     """A DequantizeLinear's scale and zero point, shaped to broadcast over its input (per-axis aware)."""
     rank = len(graph.initializers[dq.input[0]].dims)
     scale = graph.weight(dq.input[1]).astype(np.float64)
@@ -273,7 +296,7 @@ def _dq_params(graph: OnnxGraph, dq: Any) -> tuple[np.ndarray, np.ndarray]:
     return scale, zero
 
 
-def _producer(graph: OnnxGraph, tensor: str, op_type: str | None = None) -> Any:
+def producer(graph: OnnxGraph, tensor: str, op_type: str | None = None) -> Any:
     """The node writing `tensor` (None if it is an input/initializer or not of `op_type`)."""
     node = graph.producer.get(tensor)
     return node if node is not None and op_type in (None, node.op_type) else None
@@ -324,13 +347,13 @@ def _float_outputs(model: Any) -> None:
 def _qdq_chain(graph: OnnxGraph, output: str) -> tuple[Any, Any, Any] | None:
     """(producer, Q, DQ) when `output` is written by producer → QuantizeLinear → DequantizeLinear and
     nothing else reads the two intermediate tensors; else None (the graph stays as ORT made it)."""
-    dq = _producer(graph, output, "DequantizeLinear")
+    dq = producer(graph, output, "DequantizeLinear")
     if dq is None:
         return None
-    q = _producer(graph, dq.input[0], "QuantizeLinear")
+    q = producer(graph, dq.input[0], "QuantizeLinear")
     if q is None:
         return None
-    source = _producer(graph, q.input[0])
+    source = producer(graph, q.input[0])
     if source is None or len(graph.consumers[q.input[0]]) != 1 or len(graph.consumers[dq.input[0]]) != 1:
         return None
     return source, q, dq

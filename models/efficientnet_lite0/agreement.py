@@ -28,13 +28,16 @@ class RecipeRun:
     changes: dict[str, Any]
 
 
-def apply_recipe(model_path: Path, work_dir: Path, recipe_path: Path = RECIPE) -> RecipeRun:
+def apply_recipe(
+    model_path: Path, work_dir: Path, recipe_path: Path = RECIPE, options: dict[str, Any] | None = None
+) -> RecipeRun:
     """Load the recipe's data through the model's preprocessing (as `edgecam compress` does) and apply
-    its single pass; refuses a calibration set that shares an image with the evaluation set."""
+    its single pass, with `options` replacing fields of that pass's config (to measure a variant
+    without editing the recipe); refuses a calibration set that shares an image with the evaluation set."""
     from edgecam.compiler.compress import load_data
     from edgecam.compiler.errors import RecipeError
     from edgecam.compiler.frontends.onnx import load_onnx
-    from edgecam.compiler.passes import PassContext, create_pass
+    from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
     from edgecam.compiler.recipe import load_recipe
 
     recipe, base_dir = load_recipe(recipe_path)
@@ -46,7 +49,10 @@ def apply_recipe(model_path: Path, work_dir: Path, recipe_path: Path = RECIPE) -
     if len(recipe.passes) != 1:
         raise RecipeError(f"{recipe_path}: expected one pass, got {[p.kind for p in recipe.passes]}")
     context = PassContext(calibration, Path(work_dir), seed=recipe.seed)
-    result = create_pass(recipe.passes[0]).apply(source.proto, context)
+    config = recipe.passes[0]
+    if options:
+        config = parse_pass_config({**config.model_dump(), **options})
+    result = create_pass(config).apply(source.proto, context)
     return RecipeRun(source.proto, result.model, data.feeds, calibration, result.changes)
 
 
