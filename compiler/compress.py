@@ -113,7 +113,13 @@ def _run_passes(
             stages.start(f"applying {step}")
             work_dir = Path(tmp) / f"{index}-{config.kind}"
             work_dir.mkdir()
-            context = PassContext(calibration, work_dir, evaluate=evaluator.top1, seed=recipe.seed)
+            context = PassContext(
+                calibration,
+                work_dir,
+                evaluate=evaluator.top1,
+                seed=recipe.seed,
+                progress=lambda note, step=step: stages.detail(f"applying {step}: {note}"),
+            )
             result = create_pass(config).apply(model, context)
             if coding is not None and result.coding is None:
                 _check_coding_kept(coding, model, result.model, step)

@@ -37,7 +37,8 @@ class PassContext:
     `calibration` holds preprocessed model inputs made from real frames (never random data);
     `evaluate` returns top-1 (0-1) of a candidate model on the evaluation set, for passes that
     search (e.g. a sensitivity scan), or None when the evaluation set has no labels;
-    `finetune` is the seam a training-based step plugs into (None until a pass needs training).
+    `finetune` is the seam a training-based step plugs into (None until a pass needs training);
+    `progress` shows a line of a long pass's progress to the user (the CLI's progress bar).
     """
 
     calibration: Sequence[Feeds]
@@ -45,6 +46,7 @@ class PassContext:
     evaluate: Callable[[onnx.ModelProto], float | None] | None = None
     finetune: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
     seed: int = 0
+    progress: Callable[[str], None] = lambda message: None
 
     def require_calibration(self, kind: str, minimum: int = 1) -> Sequence[Feeds]:
         from edgecam.compiler.errors import RecipeError

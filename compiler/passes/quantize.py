@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import io
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +134,7 @@ class Int8Pass(CompressionPass[Int8Config]):
         if self.config.bias_correction:
             changes["bias_correction"] = correct_biases(result, onnx.load(str(source)), feeds)
         if self.config.weight_rounding == "adaround":
-            changes["adaround"] = self._adaround(result, onnx.load(str(source)), feeds)
+            changes["adaround"] = self._adaround(result, onnx.load(str(source)), feeds, context.progress)
         return PassResult(model=result, changes=changes)
 
     def _quantize(self, source: Path, target: Path, feeds: list[Feeds], excluded: list[str]) -> None:
@@ -169,7 +169,9 @@ class Int8Pass(CompressionPass[Int8Config]):
         except Exception as exc:  # ORT raises assorted types (shape inference, calibration, op support)
             raise PassError(f"int8: ONNX Runtime could not quantize the model: {exc}") from exc
 
-    def _adaround(self, result: Any, source: Any, feeds: list[Feeds]) -> dict[str, Any]:
+    def _adaround(
+        self, result: Any, source: Any, feeds: list[Feeds], progress: Callable[[str], None]
+    ) -> dict[str, Any]:
         from edgecam.compiler.passes.adaround import AdaRoundSettings, adaround
 
         config = self.config
@@ -178,7 +180,7 @@ class Int8Pass(CompressionPass[Int8Config]):
         )
         bound = 64 if config.reduce_range else 127  # ORT's int8 weight range (symmetric / 7-bit)
         started = time.perf_counter()
-        report = adaround(result, source, feeds, settings, (-bound, bound))
+        report = adaround(result, source, feeds, settings, (-bound, bound), progress)
         report["seconds"] = round(time.perf_counter() - started, 1)
         return report
 

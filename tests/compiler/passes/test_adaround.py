@@ -3,6 +3,7 @@ or down to minimise its layer's output error on the calibration inputs, scales l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,8 +57,14 @@ def grid_feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def apply(config: dict[str, Any], model: Any, feeds: list[dict[str, np.ndarray]], tmp: Path) -> PassResult:
-    return create_pass(parse_pass_config(config)).apply(model, PassContext(feeds, tmp))
+def apply(
+    config: dict[str, Any],
+    model: Any,
+    feeds: list[dict[str, np.ndarray]],
+    tmp: Path,
+    progress: Callable[[str], None] = lambda message: None,
+) -> PassResult:
+    return create_pass(parse_pass_config(config)).apply(model, PassContext(feeds, tmp, progress=progress))
 
 
 def weight_scales(model: Any) -> dict[str, np.ndarray]:
@@ -77,9 +84,10 @@ def test_adaround_lowers_the_layer_error_of_nearest_rounding(tmp_path: Path) -> 
     calibration, held_out = grid_feeds(32, seed=1), grid_feeds(32, seed=2)
     error = {}
     results = {}
+    shown: list[str] = []
     for rounding in ("nearest", "adaround"):
         config = {**ADAROUND, "weight_rounding": rounding}
-        results[rounding] = apply(config, model, calibration, tmp_path / rounding).model
+        results[rounding] = apply(config, model, calibration, tmp_path / rounding, shown.append).model
         reference = np.stack([run(model, feed)[0] for feed in held_out])
         # Graph as written (float-simulated int8): the error is the QDQ arithmetic, kernels aside.
         error[rounding] = float(
@@ -90,6 +98,8 @@ def test_adaround_lowers_the_layer_error_of_nearest_rounding(tmp_path: Path) -> 
     assert weight_scales(results["adaround"]).keys() == weight_scales(results["nearest"]).keys()
     for name, scale in weight_scales(results["nearest"]).items():
         np.testing.assert_array_equal(weight_scales(results["adaround"])[name], scale, err_msg=name)
+    # The user sees the one layer's progress (the pass takes minutes on a real CNN).
+    assert len(shown) == 1 and shown[0].startswith("adaround 1/1 ") and "flipped" in shown[0], shown
 
 
 def test_adaround_weights_stay_int8_within_the_symmetric_range(tmp_path: Path) -> None:
