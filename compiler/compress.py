@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,10 @@ class _Stages:
 
     def detail(self, message: str) -> None:
         self.on_progress(message, max(self.done - 1, 0), self.total)
+
+    def pass_detail(self, step: str, note: str) -> None:
+        """A line a pass shows while it runs (PassContext.progress)."""
+        self.detail(f"applying {step}: {note}")
 
 
 def measure_recipe(
@@ -118,7 +123,7 @@ def _run_passes(
                 work_dir,
                 evaluate=evaluator.top1,
                 seed=recipe.seed,
-                progress=lambda note, step=step: stages.detail(f"applying {step}: {note}"),
+                progress=partial(stages.pass_detail, step),
             )
             result = create_pass(config).apply(model, context)
             if coding is not None and result.coding is None:
