@@ -221,7 +221,10 @@ class _Rewrites:
         value = relax.op.round(value)  # half to even (LLVM nearbyint), like ORT's
         if y_zero:
             value = relax.op.add(value, relax.const(np.float32(y_zero)))
-        value = relax.op.clip(value, relax.prim_value(low), relax.prim_value(high))
+        # maximum/minimum rather than clip: ConvertLayout moves them with a channels-last layout
+        # (compiler/lowering/channels_last.py) but wraps a clip in a transpose pair.
+        value = relax.op.maximum(value, relax.const(np.float32(low)))
+        value = relax.op.minimum(value, relax.const(np.float32(high)))
         self.folding.requantized += 1
         return relax.op.astype(value, out_dtype)
 

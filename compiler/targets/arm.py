@@ -63,6 +63,7 @@ class Aarch64Target(Target):
     name = "aarch64"
     options_class = ArmOptions
     integer_qdq = True
+    channels_last = True
     options: ArmOptions
 
     def tvm_target(self) -> Any:

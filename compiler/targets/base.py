@@ -39,6 +39,9 @@ class Target(abc.ABC):
     # Whether `prepare` computes QDQ (int8) layers in integers (compiler/lowering/qdq_to_integer.py):
     # on for targets where the integer build is verified; elsewhere they stay float32 as imported.
     integer_qdq: ClassVar[bool] = False
+    # Whether `prepare` converts convolutions to NHWC/HWIO: on for CPUs, whose schedules vectorize
+    # along the output channels (compiler/lowering/channels_last.py).
+    channels_last: ClassVar[bool] = False
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or self.options_class()
@@ -76,13 +79,27 @@ class Target(abc.ABC):
         return relax.get_default_pipeline(target)
 
     def prepare(self, mod: Any) -> Any:
-        """Target-independent rewrites of the imported module, before `pipeline`: what `build` compiles
-        and what tuning must extract its tasks from (the workloads then match)."""
-        if not self.integer_qdq:
-            return mod
+        """Rewrites of the imported module before `pipeline`: what `build` compiles and what tuning
+        must extract its tasks from (the workloads then match). QDQ layers become integer ones where
+        `integer_qdq` (compiler/lowering/qdq_to_integer.py); convolutions go channels-last where
+        `channels_last` (compiler/lowering/channels_last.py)."""
+        from edgecam.compiler.lowering import int8_dot
         from edgecam.compiler.lowering.qdq_to_integer import fold_qdq, has_qdq
 
-        return fold_qdq(mod)[0] if has_qdq(mod) else mod
+        integer = self.integer_qdq and has_qdq(mod)
+        if integer:
+            mod = fold_qdq(mod)[0]
+        # Integer layers go channels-last only where they become packed dot products: elsewhere
+        # LLVM's own code for the NCHW integer conv is the better one (sdot on a Cortex-A55, which
+        # the same conv in NHWC loses to widening multiplies).
+        packs = int8_dot.has_vnni(self.tvm_target())
+        if self.channels_last and (packs or not integer):
+            from edgecam.compiler.lowering.channels_last import to_channels_last
+
+            mod = to_channels_last(mod)
+            if integer:
+                mod = int8_dot.pack_int8_convs(mod)[0]
+        return mod
 
     def build(self, mod: Any) -> Any:
         """Lower and compile a Relax module into an executable (`prepare`, then `pipeline`)."""

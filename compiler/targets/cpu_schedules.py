@@ -13,7 +13,11 @@ still does far better; this is what a model gets before anyone tunes it.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
+
+from edgecam.compiler.lowering import int8_dot
 
 MIN_ROW = 4  # an innermost row shorter than this gains nothing from vectorizing
 
@@ -36,10 +40,11 @@ def default_pipeline(target: Any) -> Any:
 
 
 def schedule_passes() -> list[Any]:
-    """The pass that applies ParallelRows to every kernel nothing scheduled before it."""
+    """The pass that schedules every kernel nothing scheduled before it: GEMM-shaped ones with
+    RegisterTiles, other reductions (depthwise convs) with ParallelRows."""
     from tvm.s_tir import dlight as dl
 
-    return [dl.ApplyDefaultSchedule(ParallelRows())]
+    return [dl.ApplyDefaultSchedule(RegisterTiles(), ParallelRows())]
 
 
 def _rule_base() -> type:
@@ -90,3 +95,249 @@ class ParallelRows(_rule_base()):  # type: ignore[misc]
             sch.reverse_compute_at(epilogue[0].block_rv, outer)
         sch.decompose_reduction(block, reduce[0])
         return sch
+
+
+# Registers a tile's accumulators may take: AVX-512 has 32 vector registers, AVX2 and NEON 16 (32 on
+# aarch64, but its vectors are narrower); the rest hold the loaded inputs and broadcast weights.
+_ACCUMULATOR_BUDGET = {16: 16, 8: 10, 4: 16}
+_MAX_TILE_ROWS = 8  # output channels per tile: beyond this the weight broadcasts dominate
+
+
+def vector_lanes(target: Any) -> int:
+    """32-bit lanes in one of `target`'s vector registers: 16 with AVX-512, 8 with AVX/AVX2, 4 else
+    (SSE, NEON)."""
+    from tvm.target import codegen
+
+    features = set(codegen.llvm_get_cpu_features(target))
+    if "avx512f" in features:
+        return 16
+    return 8 if "avx" in features else 4
+
+
+class RegisterTiles(_rule_base()):  # type: ignore[misc]
+    """GEMM-shaped kernels (dense layers, full and pointwise convolutions): an output tile of a few
+    output channels × a few vectors of output positions stays in registers while the whole reduction
+    runs over it.
+
+    ParallelRows keeps its accumulator row in memory and uses each loaded input once; here each input
+    vector loaded serves all the tile's channels and each broadcast weight the whole vector, as in a
+    GEMM micro-kernel. A kernel is GEMM-shaped when its data does not depend on some output channel
+    axis and its weights do not depend on the output positions: a depthwise convolution is not (its
+    data depends on every output axis), and stays with ParallelRows. The output rows of a pointwise
+    (1×1, stride 1) convolution are fused, so a 7×7 map is one 49-wide tile instead of seven 7-wide.
+    """
+
+    def is_target_available(self, target: Any) -> bool:
+        return bool(target.kind.name == "llvm")
+
+    def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+        from tvm import s_tir, tirx
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+        from tvm.s_tir.dlight.base import try_inline
+
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        names = [sch.get(i.block_rv).name_hint for i in infos]
+        # A packed int8 conv keeps its padded input as a buffer of its own: vpdpbusd reads 4 bytes
+        # at a time, which padding inlined into the reads (a condition per byte) would prevent.
+        first = names.index(int8_dot.COMPUTE) if int8_dot.COMPUTE in names else 0
+        producers, infos = infos[:first], try_inline(sch, infos[first:])
+        if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
+            return None
+        reduction, epilogue = infos[0], infos[1:]
+        if len(epilogue) > 1 or (epilogue and not epilogue[0].is_injective()):
+            return None
+        iters = reduction.iters
+        if {i.kind for i in iters} - {"S", "R"} or not all(isinstance(i.dom, int) for i in iters):
+            return None
+        dot = int8_dot.COMPUTE in names
+        block = sch.get(reduction.block_rv)
+        if not dot and str(block.writes[0].source.dtype) == "int32":
+            # An integer conv that is not a packed dot product: LLVM turns ParallelRows' loop into
+            # widening multiply-adds (smlal, sdot on ARM; vpmaddwd on x86), which a register tile
+            # of int32 products loses.
+            return None
+        shape = _GemmShape.of(block, iters, vector_lanes(target), packed=dot)
+        if shape is None:
+            return None
+        if dot and (shape.lanes != int8_dot.LANES or not int8_dot.has_vnni(target)):
+            return None
+        for producer in producers:  # the padded input: its rows in parallel
+            sch.parallel(sch.get_loops(producer.block_rv)[0])
+
+        block = reduction.block_rv  # from here on the schedule's handle, not the TIR block
+        if len(shape.positions) == 2:  # whole rows fused: one run of consecutive positions
+            outer_rows, inner_rows = sch.split(shape.positions[0].loop_rv, [None, shape.rows])
+            tile = sch.fuse(inner_rows, shape.positions[1].loop_rv)
+            position = outer_rows
+        else:
+            position, tile = sch.split(shape.positions[0].loop_rv, [None, shape.columns])
+        leading, channel_tile = [], None
+        for it in shape.spatial:
+            if it is shape.channel:
+                channel, channel_tile = sch.split(it.loop_rv, [None, shape.channels])
+                leading.append(channel)
+            elif it not in shape.positions:
+                leading.append(it.loop_rv)
+        inner = [channel_tile, tile] if channel_tile is not None else [tile]
+        # Consecutive tiles (one thread's run of the parallel loop) share the larger operand's slice,
+        # which then stays in cache: the weights of a channels-last conv on a 7×7 map are 25× its
+        # input, and streaming them again for every tile of positions bounded those layers.
+        leading = [position, *leading] if shape.vectors_larger else [*leading, position]
+        reduce = [i.loop_rv for i in shape.reduce]
+        if dot:  # the 4 input channels one vpdpbusd sums go innermost, under the 16 output channels
+            sch.reorder(*leading, *reduce[:-1], *inner, reduce[-1])
+        else:
+            sch.reorder(*leading, *reduce, *inner)
+        outer = sch.fuse(*leading)
+        sch.parallel(outer)
+        # The accumulators: a tile-sized buffer allocated in the parallel loop (the consumer reads
+        # it there), which LLVM keeps in registers. It stays in "global" scope: TVM puts small
+        # global allocations on the stack but "local" ones in a workspace allocated per iteration.
+        consumer = epilogue[0].block_rv if epilogue else sch.cache_write(block, 0, "global")
+        sch.reverse_compute_at(consumer, outer)
+        # The consumer's loops under the tile loop: channels, then rows (a loop only when the tile
+        # has several) and columns, fused back into the tile's run of positions.
+        loops = sch.get_loops(consumer)[1:]
+        positions = 2 if len(shape.positions) == 2 and shape.rows > 1 else 1
+        _in_vectors(sch, sch.fuse(*loops[-positions:]) if positions > 1 else loops[-1], shape.lanes)
+        if channel_tile is not None:
+            sch.unroll(channel_tile)
+        if dot:
+            vectors, lane = sch.split(tile, [None, int8_dot.LANES])
+            sch.unroll(vectors)
+            init = sch.decompose_reduction(block, reduce[0])
+            sch.vectorize(sch.get_loops(init)[-1])
+            sch.tensorize(lane, int8_dot.register_intrinsic())
+            return sch
+        # Vectorized before the init is split off: the update alone is no reduction block, which
+        # `vectorize` refuses; the init's loops are copied with their kinds.
+        _in_vectors(sch, tile, shape.lanes)
+        sch.decompose_reduction(block, reduce[0])
+        return sch
+
+
+def _in_vectors(sch: Any, loop: Any, lanes: int) -> None:
+    """Split `loop` (a multiple of `lanes` long) into unrolled register-wide vectors: LLVM handles a
+    <16 x float> well but spills and reassembles a <112 x float> element by element."""
+    vectors, lane = sch.split(loop, [None, lanes])
+    sch.vectorize(lane)
+    sch.unroll(vectors)
+
+
+@dataclass
+class _GemmShape:
+    """A reduction kernel read as C[channel, position] += A[channel, r] · B[r, position]: `positions`
+    is the vectorized output axis (or an output row and column to fuse), `channel` the output axis
+    the data B does not depend on (None for a dense layer at batch 1), and the tile sizes: `rows`
+    fused output rows, `columns` positions and `channels` channels per tile."""
+
+    spatial: list[Any]
+    reduce: list[Any]
+    channel: Any
+    positions: list[Any]
+    rows: int
+    columns: int
+    channels: int
+    lanes: int  # of the vectors the positions are computed in
+    vectors_larger: bool  # whether the operand read as vectors (B) has more elements than A
+
+    @staticmethod
+    def of(block: Any, iters: list[Any], lanes: int, packed: bool = False) -> _GemmShape | None:
+        """The GEMM reading of a reduction block, or None. `packed`: an int8_dot conv, whose weights'
+        innermost axis is the 4 input channels of a dot product, the output channels next to it."""
+        from tvm.tirx.analysis import undefined_vars
+
+        spatial = [i for i in iters if i.kind == "S"]
+        reduce = [i for i in iters if i.kind == "R"]
+        if not spatial or not reduce:
+            return None
+        regions = [(r, [set(undefined_vars(x.min)) for x in r.region]) for r in block.reads]
+
+        def uses(region: list[set[Any]], its: list[Any]) -> bool:
+            return any(i.var in axis for i in its for axis in region)
+
+        last = spatial[-1]
+        data = [(r, region) for r, region in regions if uses(region, [last])]
+        if not data or last.dom < MIN_ROW or not all(_unit_stride(r, last, packed) for r, _ in data):
+            return None
+        fused = len(spatial) >= 2 and all(_whole_rows(r, spatial[-2:]) for r, _ in data)
+        positions = spatial[-2:] if fused else [last]
+        others = [i for i in spatial if i not in positions]
+        # The channel axis: one the data does not depend on (its rows reuse each loaded vector);
+        # a depthwise conv's data depends on every axis, and its tile rows are output columns.
+        free = [i for i in others if not any(uses(region, [i]) for _, region in data)]
+        channel = free[-1] if free else (others[-1] if others else None)
+        # Fused, a tile is whole output rows (`rows` of them); else a run along the one axis.
+        height, width = (positions[0].dom, positions[1].dom) if fused else (last.dom, 1)
+        channels = channel.dom if channel else 1
+        for vector in (lanes, lanes // 2):  # half-width vectors where no tile fills whole ones
+            tile = _tile(height, width, channels, vector, _ACCUMULATOR_BUDGET[lanes])
+            if tile is not None:
+                rows, tile_channels = tile
+                larger = _elements(r for r, _ in data) > _elements(
+                    r for r, region in regions if not uses(region, positions)
+                )
+                return _GemmShape(
+                    spatial, reduce, channel, positions, rows, rows * width, tile_channels, vector, larger
+                )
+        return None
+
+
+def _tile(height: int, width: int, channels: int, lanes: int, budget: int) -> tuple[int, int] | None:
+    """(rows of `width` positions, channels) per tile: the tile whose accumulators (channels × whole
+    vectors of `lanes`) fit `budget` registers and that does the most multiply-adds per register
+    load (each step loads a vector per position vector and broadcasts a value per channel); rows
+    divide `height` and channels `channels`. None when no row count makes whole vectors: LLVM spills
+    odd-length vectors such as <49 x float> on every use."""
+    best: tuple[tuple[float, int], tuple[int, int]] | None = None
+    for rows in (k for k in range(1, height + 1) if height % k == 0 and (k * width) % lanes == 0):
+        vectors = rows * width // lanes
+        for count in (c for c in range(1, _MAX_TILE_ROWS + 1) if channels % c == 0):
+            if vectors * count > budget:
+                continue
+            score = (vectors * count / (vectors + count), vectors * count)
+            if best is None or score > best[0]:
+                best = (score, (rows, count))
+    return best[1] if best else None
+
+
+def _unit_stride(read: Any, position: Any, packed: bool) -> bool:
+    """Whether `read` walks its innermost dimension with the vectorized position, one element per
+    step (so a vector of positions is one contiguous load, not a gather); for `packed` weights, the
+    dimension next to the innermost."""
+    from tvm.sym.analyzer import Analyzer
+
+    index = read.region[-2 if packed and len(read.region) == 5 else -1].min
+    rest = Analyzer().simplify(index - position.var)
+    return bool(any(v.same_as(position.var) for v in _vars(index))) and not any(
+        v.same_as(position.var) for v in _vars(rest)
+    )
+
+
+def _vars(expr: Any) -> list[Any]:
+    from tvm.tirx.analysis import undefined_vars
+
+    return list(undefined_vars(expr))
+
+
+def _elements(reads: Any) -> int:
+    """Elements of the buffers `reads` come from."""
+    return sum(math.prod(int(d) for d in r.source.shape) for r in reads)
+
+
+def _whole_rows(read: Any, rows: list[Any]) -> bool:
+    """Whether `read` indexes its last two dimensions exactly by the output row and column and spans
+    them whole (a pointwise, stride-1 conv): fused rows are then consecutive in memory."""
+    region = read.region
+    if len(region) < 2:
+        return False
+    shape = read.source.shape
+    return all(
+        axis.min.same_as(r.var) and int(extent) == r.dom
+        for r, axis, extent in zip(rows, region[-2:], shape[-2:], strict=True)
+    )

@@ -113,6 +113,7 @@ class X86Target(Target):
     name = "x86_64"
     options_class = X86Options
     integer_qdq = True
+    channels_last = True
     options: X86Options
 
     def tvm_target(self) -> Any:

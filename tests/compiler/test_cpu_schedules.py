@@ -1,5 +1,6 @@
-"""edgecam's untuned CPU schedule (ParallelRows): which kernels it takes, what it does to their loops,
-and that the built library still computes what ONNX Runtime does."""
+"""edgecam's untuned CPU schedules (RegisterTiles, ParallelRows) and the channels-last rewrite they
+rely on: which kernels each takes, what it does to their loops, and that the built library still
+computes what ONNX Runtime does."""
 
 from __future__ import annotations
 
@@ -14,75 +15,200 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecam.compiler.targets.base import create_target
-from edgecam.compiler.targets.cpu_schedules import MIN_ROW
+from edgecam.compiler.targets.cpu_schedules import MIN_ROW, _tile, vector_lanes
 
 
-def _conv(path: Path, channels: int, size: int, depthwise: bool) -> Path:
-    """3×3 conv (pad 1) + bias + ReLU on a channels × size × size input."""
-    rng = np.random.default_rng(0)
-    group = channels if depthwise else 1
-    weight = rng.standard_normal((channels, channels // group, 3, 3)).astype(np.float32)
+def _model(path: Path, nodes: list[Any], x: list[int], y: list[int], inits: list[Any]) -> Path:
     graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w", "b"], ["c"], group=group, pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c"], ["y"]),
-        ],
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
-        [
-            numpy_helper.from_array(weight, "w"),
-            numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b"),
-        ],
+        nodes,
+        "net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
+        inits,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
 
+def _conv(
+    path: Path, channels: int, size: int, depthwise: bool = False, kernel: int = 3, outputs: int = 0
+) -> Path:
+    """k×k conv (pad k//2) + bias + ReLU6 on a channels × size × size input; `outputs` channels out
+    (default: `channels`)."""
+    rng = np.random.default_rng(0)
+    group = channels if depthwise else 1
+    outputs = outputs or channels
+    weight = rng.standard_normal((outputs, channels // group, kernel, kernel)).astype(np.float32)
+    pad = kernel // 2
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], group=group, pads=[pad] * 4),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    return _model(path, nodes, [1, channels, size, size], [1, outputs, size, size], inits)
+
+
+def _dense(path: Path, inputs: int, outputs: int) -> Path:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((outputs, inputs)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"),
+    ]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    return _model(path, nodes, [1, inputs], [1, outputs], inits)
+
+
 def _x86() -> Any:
-    return create_target("x86_64", mcpu="x86-64-v3")
+    return create_target("x86_64", mcpu="x86-64-v3")  # AVX2: 8 float lanes
 
 
-def _conv_kernel(path: Path) -> str:
+def _relax(path: Path) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
+    return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+
+
+def _kernel(path: Path, name: str, prepare: bool = True) -> str:
+    """The scheduled TIR of the kernel whose name contains `name`, as `build` lowers it."""
     target = _x86()
     tvm_target = target.tvm_target()
+    module = _relax(path)
     with tvm_target:
-        module = target.pipeline(tvm_target)(from_onnx(onnx.load(str(path)), keep_params_in_input=False))
-    [script] = [f.script() for gv, f in module.functions.items() if "conv2d" in gv.name_hint]
+        module = target.pipeline(tvm_target)(target.prepare(module) if prepare else module)
+    [script] = [f.script() for gv, f in module.functions.items() if name in gv.name_hint]
     return str(script)
 
 
-@pytest.mark.parametrize("depthwise", [False, True])
-def test_a_conv_runs_rows_in_parallel_with_the_row_innermost(tmp_path: Path, depthwise: bool) -> None:
-    channels, size = 8, 16
-    script = _conv_kernel(_conv(tmp_path / "conv.onnx", channels, size, depthwise))
+def _top_loops(script: str) -> list[str]:
     body = [line for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [line.strip() for line in body if line.startswith("    for ")]
+
+
+def test_rows_no_vector_fills_run_in_parallel_with_the_row_innermost(tmp_path: Path) -> None:
+    # NCHW (no channels-last rewrite) with 7-wide rows: no tile of whole vectors (8 or 4 lanes), so
+    # RegisterTiles declines and ParallelRows takes the depthwise conv.
+    channels, size = 8, 7
+    script = _kernel(_conv(tmp_path / "conv.onnx", channels, size, depthwise=True), "conv2d", prepare=False)
     # One loop at the top: batch × channel × output row, shared out over the thread pool ...
-    top_loops = [line for line in body if line.startswith("    for ")]
-    assert top_loops == [f"    for ax0_ax1_fused in T.parallel(T.int64({channels * size})):"]
-    # ... inside it the reduction (input channels for a full conv, the 3×3 window), then the row's
-    # 16 outputs innermost, where LLVM vectorizes; the ReLU runs in the same parallel iteration.
-    window = ("" if depthwise else f"T.int64({channels}), ") + "T.int64(3), T.int64(3), "
-    assert f"T.grid({window}T.int64({size})):" in script
-    assert re.search(r"\n        for \w+ in range\(T\.int64\(16\)\):\n\s+with T\.sblock\(\"compute", script)
+    assert _top_loops(script) == [f"for ax0_ax1_fused in T.parallel(T.int64({channels * size})):"]
+    # ... inside it the 3×3 window, then the row's outputs innermost, where LLVM vectorizes; the
+    # ReLU6 runs in the same parallel iteration.
+    assert f"T.grid(T.int64(3), T.int64(3), T.int64({size})):" in script
+    assert re.search(
+        rf"\n        for \w+ in range\(T\.int64\({size}\)\):\n\s+with T\.sblock\(\"T_minimum", script
+    )
+
+
+def test_a_channels_last_depthwise_conv_is_tiled_along_its_channels(tmp_path: Path) -> None:
+    # Its data depends on every output axis, so a tile's rows are output columns, each a vector of
+    # channels read from the input once per window step.
+    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 14, depthwise=True), "conv2d")
+    [parallel] = _top_loops(script)
+    assert "T.parallel(" in parallel
+    window = script.index("T.grid(T.int64(3), T.int64(3)):")  # the 3×3 window inside the tile loop
+    assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", script[window:])
 
 
 def test_a_kernel_with_short_rows_is_left_alone(tmp_path: Path) -> None:
-    script = _conv_kernel(_conv(tmp_path / "conv.onnx", 8, MIN_ROW - 1, depthwise=False))
+    script = _kernel(_conv(tmp_path / "conv.onnx", 8, MIN_ROW - 1), "conv2d", prepare=False)
     assert "T.parallel(" not in script
 
 
-@pytest.mark.parametrize("depthwise", [False, True])
-def test_the_scheduled_library_matches_onnxruntime(tmp_path: Path, depthwise: bool) -> None:
+def test_a_channels_last_conv_keeps_a_register_tile_over_its_whole_reduction(tmp_path: Path) -> None:
+    # 32 → 96 channels, 1×1, on a 7×7 map, AVX2 (8 lanes, 10 accumulator registers): of the tiles of
+    # whole vectors of output channels × output columns, 1 vector × 7 columns does the most
+    # multiply-adds per load (7 per 8 loads).
+    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 7, kernel=1, outputs=96), "conv2d")
+    assert "(T.int64(1), T.int64(7), T.int64(7), T.int64(96))" in script  # NHWC output
+    # One parallel loop over tiles: 12 vectors of channels × 7 rows. The weights (3072 values)
+    # outnumber the input (1568), so the channel loop is outermost: a thread's consecutive tiles
+    # read one slice of the weights, which stays in cache.
+    assert _top_loops(script) == ["for ax2_0_ax0_ax1_0_fused in T.parallel(T.int64(84)):"]
+    tile = script[script.index("for ax3 in range(T.int64(32)):") :]  # the input channels, serial
+    assert re.search(r"for \w+ in T\.unroll\(T\.int64\(7\)\):", tile)  # output columns
+    assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", tile)  # one vector of channels
+    # The accumulators are a tile-sized buffer allocated inside the parallel loop, in global scope:
+    # TVM puts small global allocations on the stack (where LLVM keeps them in registers) and local
+    # ones in a workspace allocated on every iteration.
+    assert 'scope="local"' not in script
+
+
+def test_a_dense_layer_at_batch_1_is_tiled_along_its_outputs(tmp_path: Path) -> None:
+    script = _kernel(_dense(tmp_path / "dense.onnx", 96, 1000), "matmul")
+    [parallel] = _top_loops(script)
+    assert "T.parallel(" in parallel
+    assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", script)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "channels", "lanes", "tile"),
+    [
+        (960, 1, 7, 16, (32, 7)),  # 960 channels × 7 columns, AVX-512: 2 vectors × 7 columns
+        (96, 1, 112, 16, (48, 4)),  # 3 vectors × 4 columns = 12 of 16 registers
+        (1000, 1, 1, 8, (40, 1)),  # a dense layer at batch 1: 5 vectors of 8 outputs
+        (49, 1, 8, 16, None),  # no run of whole vectors: declined
+        (7, 7, 960, 16, None),  # 49 fused positions: declined
+        (4, 28, 32, 16, (4, 2)),  # 4 fused rows of 28 = 7 vectors, × 2 channels = 14 registers
+    ],
+)
+def test_the_tile_fills_whole_vectors_within_the_register_budget(
+    height: int, width: int, channels: int, lanes: int, tile: tuple[int, int] | None
+) -> None:
+    assert _tile(height, width, channels, lanes, budget=16 if lanes == 16 else 10) == tile
+
+
+@pytest.mark.parametrize(("mcpu", "lanes"), [("x86-64-v3", 8), ("znver4", 16), ("x86-64", 4)])
+def test_vector_lanes_follow_the_cpu(mcpu: str, lanes: int) -> None:
+    assert vector_lanes(create_target("x86_64", mcpu=mcpu).tvm_target()) == lanes
+
+
+def test_relu6_and_convs_stay_channels_last_between_the_model_edges(tmp_path: Path) -> None:
+    # conv → ReLU6 (ONNX Clip, which TVM imports as TE max/min) → conv: one transpose in, one out.
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 16, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    path = _model(tmp_path / "net.onnx", nodes, [1, 8, 7, 7], [1, 8, 7, 7], inits)
+    prepared = _x86().prepare(_relax(path))
+    text = prepared["main"].script()
+    assert text.count("R.permute_dims(") + text.count("R.layout_transform(") == 2
+    assert text.count('data_layout="NHWC"') == 2 and text.count('kernel_layout="HWIO"') == 2
+    assert "R.call_tir" not in text  # Clip's TE max/min became relax.maximum/minimum
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["full", "depthwise", "pointwise-7x7", "pointwise-14x14-stride", "dense"],
+)
+def test_the_scheduled_library_matches_onnxruntime(tmp_path: Path, model: str) -> None:
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
-    path = _conv(tmp_path / "conv.onnx", 16, 20, depthwise)
-    x = np.random.default_rng(1).standard_normal((1, 16, 20, 20)).astype(np.float32)
+    if model == "dense":
+        path, shape = _dense(tmp_path / "m.onnx", 96, 1000), (1, 96)
+    elif model == "full":
+        path, shape = _conv(tmp_path / "m.onnx", 16, 20), (1, 16, 20, 20)
+    elif model == "depthwise":
+        path, shape = _conv(tmp_path / "m.onnx", 16, 20, depthwise=True), (1, 16, 20, 20)
+    elif model == "pointwise-7x7":
+        path, shape = _conv(tmp_path / "m.onnx", 32, 7, kernel=1), (1, 32, 7, 7)
+    else:
+        path, shape = _conv(tmp_path / "m.onnx", 48, 14, kernel=1), (1, 48, 14, 14)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    executable = _x86().build(from_onnx(onnx.load(str(path)), keep_params_in_input=False))
+    executable = _x86().build(_relax(path))
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

@@ -242,7 +242,9 @@ def test_float_models_pass_through_untouched(tmp_path: Path) -> None:
 
     imported = relax_module(build_convnet(tmp_path / "fp32.onnx"))
     assert not has_qdq(imported)
-    assert create_target("x86_64").prepare(imported).same_as(imported)
+    assert create_target("cuda").prepare(imported).same_as(imported)
+    prepared = create_target("x86_64").prepare(imported)  # channels-last, still in float
+    assert [str(c.ty.dtype) for c in layer_calls(prepared)] == ["float32", "float32"]
     folded, folding = fold_qdq(imported)
     assert folding == Folding()
     assert [str(c.ty.dtype) for c in layer_calls(folded)] == ["float32", "float32"]
