@@ -1,11 +1,12 @@
 """Benchmark: what edgecam builds for this CPU against ONNX Runtime, fp32 and int8, same run.
 
     .venv/bin/python bench/bench_targets.py [--models fashion_cnn mobilenet_v2 resnet18 efficientnet_lite0]
-                                            [--runs 100] [--threads 2] [--no-int8]
+                                            [--runs 100] [--threads 2] [--no-int8] [--mcpu host]
 
 For each model: ONNX Runtime (CPU provider, `--threads` intra-op threads, exact int8 kernels) and the
-edgecam artifact (`compile_model` for x86_64 at the portable level `edgecam demo` uses: tuned when a
-tuning database for the model exists, else TVM's default schedules; run through the camera's runtime)
+edgecam artifact (`compile_model` for x86_64 at the portable level `edgecam demo` uses, or `--mcpu`:
+tuned when a tuning database for the model and level exists, else edgecam's untuned schedules; run
+through the camera's runtime)
 on the same input, fp32 and int8 (edgecam's `int8` pass, calibrated on real frames). Engines run
 interleaved in rounds so load hits them alike; median and p99 over `--runs`, GFLOP/s (2 × MACs /
 median) and its fraction of this CPU's theoretical peak. MobileNetV2 and ResNet-18 are built in code
@@ -89,15 +90,14 @@ def int8_model(name: str, path: Path) -> Path:
     return out
 
 
-def edgecam_runner(path: Path, out: Path) -> tuple[Callable[[dict[str, np.ndarray]], object], dict[str, Any]]:
+def edgecam_runner(
+    path: Path, out: Path, options: dict[str, Any]
+) -> tuple[Callable[[dict[str, np.ndarray]], object], dict[str, Any]]:
     from edgecam.compiler.build import compile_model
-    from edgecam.compiler.targets import x86
     from edgecam.server.runtime import load_model
 
     started = time.perf_counter()
-    # As `edgecam demo` builds: for the portable x86-64 level this CPU has, the level the committed
-    # tuning databases are for.
-    artifact = compile_model(path, "x86_64", out, target_options=x86.portable_options())
+    artifact = compile_model(path, "x86_64", out, target_options=options)
     seconds = time.perf_counter() - started
     model = load_model(artifact.path)
     manifest = artifact.manifest
@@ -118,6 +118,17 @@ def ort_runner(path: Path, threads: int) -> Callable[[dict[str, np.ndarray]], ob
     return lambda feed: session.run(None, feed)
 
 
+def target_options(mcpu: str) -> dict[str, Any]:
+    """ "portable": as `edgecam demo` builds, for the x86-64 level the committed tuning databases are
+    for (x86-64-v3 where the CPU has it); "host": for this CPU (AVX-512, VNNI where it has them);
+    else an LLVM CPU name."""
+    from edgecam.compiler.targets import x86
+
+    if mcpu == "portable":
+        return x86.portable_options()
+    return {} if mcpu == "host" else {"mcpu": mcpu}
+
+
 def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, Any]:
     from edgecam.compiler.evaluate import count_macs
     from edgecam.compiler.frontends.onnx import load_onnx
@@ -131,12 +142,15 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, A
     }
     builds: dict[str, Any] = {}
     print(f"{name}: compiling fp32 ({macs / 1e6:.0f} M MACs)", flush=True)
-    runners["edgecam_fp32"], builds["fp32"] = edgecam_runner(path, WORKDIR / f"{name}-fp32-artifact")
+    options = target_options(args.mcpu)
+    runners["edgecam_fp32"], builds["fp32"] = edgecam_runner(path, WORKDIR / f"{name}-fp32-artifact", options)
     if args.int8:
         quantized = int8_model(name, path)
         runners["ort_int8"] = ort_runner(quantized, args.threads)
         print(f"{name}: compiling int8", flush=True)
-        runners["edgecam_int8"], builds["int8"] = edgecam_runner(quantized, WORKDIR / f"{name}-int8-artifact")
+        runners["edgecam_int8"], builds["int8"] = edgecam_runner(
+            quantized, WORKDIR / f"{name}-int8-artifact", options
+        )
     samples: dict[str, list[float]] = {engine: [] for engine in runners}
     for _ in range(ROUNDS):
         for engine, run in runners.items():
@@ -171,6 +185,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--mcpu", default="portable", help="portable (the demo's level), host, or an LLVM CPU"
+    )
     args = parser.parse_args()
 
     import onnxruntime
@@ -180,7 +197,14 @@ def main() -> None:
     peak = peak_gflops(args.threads)
     models = {name: bench_model(name, args, peak) for name in args.models}
     created, day = stamp()
-    record = {"created": created, "machine": host, "peak_gflops": peak, "runs": args.runs, "models": models}
+    record = {
+        "created": created,
+        "machine": host,
+        "peak_gflops": peak,
+        "runs": args.runs,
+        "mcpu": args.mcpu,
+        "models": models,
+    }
     print(f"\ntheoretical fp32 peak of {args.threads} cores: {peak:.0f} GFLOP/s")
     for name, entry in models.items():
         for engine, r in entry["results"].items():
@@ -190,7 +214,8 @@ def main() -> None:
             )
         print("  " + "  ".join(f"{k} {v:.2f}×" for k, v in entry["ratios"].items()))
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench_targets-{day}-{host['host']}.json"
+    suffix = "" if args.mcpu == "portable" else f"-{args.mcpu}"
+    out = RESULTS / f"bench_targets-{day}-{host['host']}{suffix}.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
 

@@ -1,14 +1,21 @@
-"""A CPU schedule edgecam adds to TVM's untuned pipeline for CPU targets (x86_64, aarch64).
+"""The schedules edgecam adds to TVM's untuned pipeline for CPU targets (x86_64, aarch64).
 
 Untuned, TVM 0.27 lowers every fused kernel on a CPU as its naive loop nest: one thread, and for a
-convolution the kernel-window reduction innermost (3 iterations), which LLVM cannot vectorize.
-`ParallelRows` reorders a reduction kernel (conv, depthwise conv, dense) so that its outer output
-loops run in parallel on TVM's thread pool, the reduction sits inside them and the last output loop
-(a row of the output) is innermost, where consecutive elements are independent and LLVM vectorizes
-them; the fused epilogue (bias, ReLU) runs per parallel chunk. Measured untuned at x86-64-v3, 2
-threads, median of 5 calls on a 2-core znver3 that was busy with other work (so ±30%): bundled CNN
-22.4 → 4.5 ms, MobileNetV2 209 → 68 ms, EfficientNet-Lite0 339 → 96 ms. Tuning (compiler/tuning.py)
-still does far better; this is what a model gets before anyone tunes it.
+convolution the kernel-window reduction innermost (3 iterations), which LLVM cannot vectorize. Two
+dlight rules take the reduction kernels, the first that applies wins:
+
+- `RegisterTiles`: GEMM-shaped kernels (dense layers, convolutions, channels-last after
+  compiler/lowering/channels_last.py) keep a tile of output channels × whole vectors of outputs in
+  registers for the whole reduction; int8 convs packed by compiler/lowering/int8_dot.py run each
+  16 × 4 step as one AVX-512 VNNI vpdpbusd.
+- `ParallelRows`: what RegisterTiles declines (rows that fill no whole vector, integer layers LLVM
+  vectorizes better itself): outer output loops in parallel on TVM's thread pool, the reduction
+  inside them and a row of the output innermost, where LLVM vectorizes it.
+
+Measured untuned, 2 threads, medians (bench/README.md has the recorded runs): at x86-64-v3 on a busy
+znver3, ParallelRows alone took the bundled CNN 22.4 → 4.5 ms, MobileNetV2 209 → 68 ms; on a znver4
+(AVX-512), channels-last RegisterTiles took MobileNetV2 from ParallelRows' 35 ms to 9-12 ms and the
+bundled CNN to 0.5-0.7 ms.
 """
 
 from __future__ import annotations
@@ -142,10 +149,16 @@ class RegisterTiles(_rule_base()):  # type: ignore[misc]
         if infos is None:
             return None
         names = [sch.get(i.block_rv).name_hint for i in infos]
-        # A packed int8 conv keeps its padded input as a buffer of its own: vpdpbusd reads 4 bytes
-        # at a time, which padding inlined into the reads (a condition per byte) would prevent.
-        first = names.index(int8_dot.COMPUTE) if int8_dot.COMPUTE in names else 0
-        producers, infos = infos[:first], try_inline(sch, infos[first:])
+        # A padded input stays a buffer of its own (filled in parallel first): inlined, the padding
+        # is a bounds check on every broadcast input value; and a packed int8 conv's vpdpbusd reads
+        # 4 bytes at a time, which a condition per byte would prevent.
+        # Not for a depthwise conv (a reduction over its window only): there the copy would cost as
+        # much as the conv, each input value being read by only a few multiply-adds.
+        window_only = any(i.is_reduction() and sum(it.kind == "R" for it in i.iters) < 3 for i in infos)
+        pads = (
+            [] if window_only else [i for i in infos if not i.is_reduction() and _pads(sch.get(i.block_rv))]
+        )
+        infos = try_inline(sch, [i for i in infos if i not in pads])
         if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
             return None
         reduction, epilogue = infos[0], infos[1:]
@@ -155,21 +168,21 @@ class RegisterTiles(_rule_base()):  # type: ignore[misc]
         if {i.kind for i in iters} - {"S", "R"} or not all(isinstance(i.dom, int) for i in iters):
             return None
         dot = int8_dot.COMPUTE in names
-        block = sch.get(reduction.block_rv)
-        if not dot and str(block.writes[0].source.dtype) == "int32":
+        reads_writes = sch.get(reduction.block_rv)
+        if not dot and str(reads_writes.writes[0].source.dtype) == "int32":
             # An integer conv that is not a packed dot product: LLVM turns ParallelRows' loop into
             # widening multiply-adds (smlal, sdot on ARM; vpmaddwd on x86), which a register tile
             # of int32 products loses.
             return None
-        shape = _GemmShape.of(block, iters, vector_lanes(target), packed=dot)
+        shape = _GemmShape.of(reads_writes, iters, vector_lanes(target), packed=dot)
         if shape is None:
             return None
         if dot and (shape.lanes != int8_dot.LANES or not int8_dot.has_vnni(target)):
             return None
-        for producer in producers:  # the padded input: its rows in parallel
-            sch.parallel(sch.get_loops(producer.block_rv)[0])
+        for pad in pads:  # the padded input: its rows in parallel
+            sch.parallel(sch.get_loops(pad.block_rv)[0])
 
-        block = reduction.block_rv  # from here on the schedule's handle, not the TIR block
+        block = reduction.block_rv
         if len(shape.positions) == 2:  # whole rows fused: one run of consecutive positions
             outer_rows, inner_rows = sch.split(shape.positions[0].loop_rv, [None, shape.rows])
             tile = sch.fuse(inner_rows, shape.positions[1].loop_rv)
@@ -304,6 +317,14 @@ def _tile(height: int, width: int, channels: int, lanes: int, budget: int) -> tu
             if best is None or score > best[0]:
                 best = (score, (rows, count))
     return best[1] if best else None
+
+
+def _pads(block: Any) -> bool:
+    """Whether a block writes a larger buffer than the one it reads (a padding copy)."""
+    if len(block.reads) != 1 or len(block.writes) != 1:
+        return False
+    read, written = block.reads[0].source.shape, block.writes[0].source.shape
+    return len(read) == len(written) and any(int(w) > int(r) for r, w in zip(read, written, strict=True))
 
 
 def _unit_stride(read: Any, position: Any, packed: bool) -> bool:

@@ -108,8 +108,9 @@ def test_a_channels_last_depthwise_conv_is_tiled_along_its_channels(tmp_path: Pa
     # Its data depends on every output axis, so a tile's rows are output columns, each a vector of
     # channels read from the input once per window step.
     script = _kernel(_conv(tmp_path / "conv.onnx", 32, 14, depthwise=True), "conv2d")
+    # Its padding stays a bounds check in the reads: a padded copy would cost as much as the conv.
     [parallel] = _top_loops(script)
-    assert "T.parallel(" in parallel
+    assert "T.parallel(" in parallel and "pad_temp" not in script
     window = script.index("T.grid(T.int64(3), T.int64(3)):")  # the 3×3 window inside the tile loop
     assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", script[window:])
 
@@ -136,6 +137,16 @@ def test_a_channels_last_conv_keeps_a_register_tile_over_its_whole_reduction(tmp
     # TVM puts small global allocations on the stack (where LLVM keeps them in registers) and local
     # ones in a workspace allocated on every iteration.
     assert 'scope="local"' not in script
+
+
+def test_a_full_conv_reads_a_padded_copy_of_its_input(tmp_path: Path) -> None:
+    # Each input value serves 9 × 32 multiply-adds: filling a padded copy first (rows in parallel)
+    # is cheaper than a bounds check on every broadcast input value.
+    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 14), "conv2d")
+    padding, tiles = _top_loops(script)
+    assert "pad_temp = T.sblock_alloc_buffer((T.int64(1), T.int64(16), T.int64(16), T.int64(32)))" in script
+    assert "T.parallel(T.int64(16))" in padding and "T.parallel(" in tiles
+    assert "T.if_then_else" not in script[script.index(tiles) :]
 
 
 def test_a_dense_layer_at_batch_1_is_tiled_along_its_outputs(tmp_path: Path) -> None:
