@@ -83,7 +83,6 @@ class Target(abc.ABC):
         must extract its tasks from (the workloads then match). QDQ layers become integer ones where
         `integer_qdq` (compiler/lowering/qdq_to_integer.py); convolutions go channels-last where
         `channels_last` (compiler/lowering/channels_last.py)."""
-        from edgecam.compiler.lowering import int8_dot
         from edgecam.compiler.lowering.qdq_to_integer import fold_qdq, has_qdq
 
         integer = self.integer_qdq and has_qdq(mod)
@@ -92,14 +91,21 @@ class Target(abc.ABC):
         # Integer layers go channels-last only where they become packed dot products: elsewhere
         # LLVM's own code for the NCHW integer conv is the better one (sdot on a Cortex-A55, which
         # the same conv in NHWC loses to widening multiplies).
-        packs = int8_dot.has_vnni(self.tvm_target())
+        packs = integer and self.packs_int8_dots()
         if self.channels_last and (packs or not integer):
             from edgecam.compiler.lowering.channels_last import to_channels_last
 
             mod = to_channels_last(mod)
-            if integer:
+            if packs:
+                from edgecam.compiler.lowering import int8_dot
+
                 mod = int8_dot.pack_int8_convs(mod)[0]
         return mod
+
+    def packs_int8_dots(self) -> bool:
+        """Whether int8 convs become packed 4-byte dot products (compiler/lowering/int8_dot.py), which
+        this target's CPU schedule then computes with its dot-product instruction."""
+        return False
 
     def build(self, mod: Any) -> Any:
         """Lower and compile a Relax module into an executable (`prepare`, then `pipeline`)."""

@@ -122,16 +122,19 @@ def vector_lanes(target: Any) -> int:
 
 
 class RegisterTiles(_rule_base()):  # type: ignore[misc]
-    """GEMM-shaped kernels (dense layers, full and pointwise convolutions): an output tile of a few
-    output channels × a few vectors of output positions stays in registers while the whole reduction
-    runs over it.
+    """Reduction kernels read as a GEMM (dense layers, full, pointwise and depthwise convolutions):
+    an output tile of a few output channels × a few whole vectors of output positions stays in
+    registers while the whole reduction runs over it.
 
     ParallelRows keeps its accumulator row in memory and uses each loaded input once; here each input
-    vector loaded serves all the tile's channels and each broadcast weight the whole vector, as in a
-    GEMM micro-kernel. A kernel is GEMM-shaped when its data does not depend on some output channel
-    axis and its weights do not depend on the output positions: a depthwise convolution is not (its
-    data depends on every output axis), and stays with ParallelRows. The output rows of a pointwise
-    (1×1, stride 1) convolution are fused, so a 7×7 map is one 49-wide tile instead of seven 7-wide.
+    vector loaded serves all the tile's rows and each broadcast value the whole vector, as in a GEMM
+    micro-kernel. The vectorized axis is the innermost output axis, which every operand that depends
+    on it must read with unit stride. The tile's rows run along an output axis the data does not
+    depend on (a conv's output columns in NHWC, its output channels in NCHW); a depthwise conv's data
+    depends on every axis, and its rows are output columns read once each. The output rows of a
+    pointwise (1×1, stride 1) NCHW convolution are fused into one run of positions. Declined, for
+    ParallelRows: tiles that fill no whole vector, and integer kernels other than packed int8 dot
+    products (LLVM vectorizes ParallelRows' loop into widening multiply-adds itself).
     """
 
     def is_target_available(self, target: Any) -> bool:
@@ -246,8 +249,9 @@ def _in_vectors(sch: Any, loop: Any, lanes: int) -> None:
 class _GemmShape:
     """A reduction kernel read as C[channel, position] += A[channel, r] · B[r, position]: `positions`
     is the vectorized output axis (or an output row and column to fuse), `channel` the output axis
-    the data B does not depend on (None for a dense layer at batch 1), and the tile sizes: `rows`
-    fused output rows, `columns` positions and `channels` channels per tile."""
+    the data B does not depend on (a depthwise conv's last other axis; None for a dense layer at
+    batch 1), and the tile sizes: `rows` fused output rows, `columns` positions and `channels`
+    channels per tile."""
 
     spatial: list[Any]
     reduce: list[Any]

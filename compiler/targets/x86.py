@@ -160,6 +160,12 @@ class X86Target(Target):
             log.info("this host's CPU model implies %s, but the host lacks them: building without", hidden)
         return [f"-{to_llvm[flag]}" for flag in hidden]
 
+    def packs_int8_dots(self) -> bool:
+        """With AVX-512 VNNI: each 16 × 4 step of a packed int8 conv is one vpdpbusd."""
+        from edgecam.compiler.lowering import int8_dot
+
+        return int8_dot.has_vnni(self.tvm_target())
+
     def info(self) -> TargetInfo:
         target = self.tvm_target()
         return TargetInfo(
