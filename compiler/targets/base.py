@@ -42,6 +42,10 @@ class Target(abc.ABC):
     # Whether `prepare` converts convolutions to NHWC/HWIO: on for CPUs, whose schedules vectorize
     # along the output channels (compiler/lowering/channels_last.py).
     channels_last: ClassVar[bool] = False
+    # Whether integer layers go channels-last too (where `channels_last`): on x86, where a register
+    # tile of int32 sums beats LLVM's code for the NCHW loop; not on ARM, where LLVM turns that loop
+    # into sdot (Cortex-A55) or smlal, which the NHWC conv loses to plain multiplies.
+    integer_channels_last: ClassVar[bool] = False
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or self.options_class()
@@ -88,11 +92,8 @@ class Target(abc.ABC):
         integer = self.integer_qdq and has_qdq(mod)
         if integer:
             mod = fold_qdq(mod)[0]
-        # Integer layers go channels-last only where they become packed dot products: elsewhere
-        # LLVM's own code for the NCHW integer conv is the better one (sdot on a Cortex-A55, which
-        # the same conv in NHWC loses to widening multiplies).
         packs = integer and self.packs_int8_dots()
-        if self.channels_last and (packs or not integer):
+        if self.channels_last and (self.integer_channels_last or not integer):
             from edgecam.compiler.lowering.channels_last import to_channels_last
 
             mod = to_channels_last(mod)

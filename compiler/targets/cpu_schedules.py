@@ -172,9 +172,9 @@ class RegisterTiles(_rule_base()):  # type: ignore[misc]
             return None
         dot = int8_dot.COMPUTE in names
         reads_writes = sch.get(reduction.block_rv)
-        if not dot and str(reads_writes.writes[0].source.dtype) == "int32":
-            # An integer conv that is not a packed dot product: LLVM turns ParallelRows' loop into
-            # widening multiply-adds (smlal, sdot on ARM; vpmaddwd on x86), which a register tile
+        if not dot and str(reads_writes.writes[0].source.dtype) == "int32" and _is_arm(target):
+            # An integer conv on ARM (kept NCHW, Target.integer_channels_last): LLVM turns
+            # ParallelRows' loop into widening multiply-adds (smlal, sdot), which a register tile
             # of int32 products loses.
             return None
         shape = _GemmShape.of(reads_writes, iters, vector_lanes(target), packed=dot)
@@ -235,6 +235,10 @@ class RegisterTiles(_rule_base()):  # type: ignore[misc]
         _in_vectors(sch, tile, shape.lanes)
         sch.decompose_reduction(block, reduce[0])
         return sch
+
+
+def _is_arm(target: Any) -> bool:
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
 def _in_vectors(sch: Any, loop: Any, lanes: int) -> None:

@@ -114,6 +114,7 @@ class X86Target(Target):
     options_class = X86Options
     integer_qdq = True
     channels_last = True
+    integer_channels_last = True
     options: X86Options
 
     def tvm_target(self) -> Any:

@@ -73,11 +73,24 @@ def test_weights_are_packed_four_input_channels_per_output_channel() -> None:
     assert not packed[:, :, 1, :, 2:].any()  # channels 6 and 7 do not exist: zero weights
 
 
-@pytest.mark.parametrize(("mcpu", "packed"), [("znver4", 2), ("icelake-server", 2), ("x86-64-v3", 0)])
-def test_only_vnni_targets_get_packed_convs(tmp_path: Path, mcpu: str, packed: int) -> None:
-    builder = create_target("x86_64", mcpu=mcpu)
+@pytest.mark.parametrize(
+    ("target", "mcpu", "packed", "layout"),
+    [
+        ("x86_64", "znver4", 2, "NHWC"),
+        ("x86_64", "icelake-server", 2, "NHWC"),
+        ("x86_64", "x86-64-v3", 0, "NHWC"),  # integer register tiles, no dot product
+        ("aarch64", "cortex-a55", 0, "NCHW"),  # LLVM's sdot code for the NCHW loop (test_arm_qemu)
+    ],
+)
+def test_only_vnni_targets_get_packed_convs(
+    tmp_path: Path, target: str, mcpu: str, packed: int, layout: str
+) -> None:
+    builder = create_target(target, mcpu=mcpu)
     assert int8_dot.has_vnni(builder.tvm_target()) == bool(packed)
-    assert packed_convs(builder.prepare(relax_module(quantized_net(tmp_path)))) == packed
+    prepared = builder.prepare(relax_module(quantized_net(tmp_path)))
+    assert packed_convs(prepared) == packed
+    text = prepared["main"].script()
+    assert f'data_layout="{layout}"' in text or (packed and "R.nn.conv2d" not in text)
 
 
 def test_a_vnni_build_computes_with_vpdpbusd(tmp_path: Path) -> None:
