@@ -60,33 +60,54 @@ def _rule_base() -> type:
     return ScheduleRule
 
 
-class ParallelRows(_rule_base()):  # type: ignore[misc]
-    """Kernels that are one reduction block (static extents, output rows ≥ MIN_ROW) followed by at
-    most one elementwise block; any other kernel keeps TVM's unscheduled lowering."""
+class _CpuRule(_rule_base()):  # type: ignore[misc]
+    """What both rules share: LLVM targets only, and the kernel read as blocks (dlight's analysis)."""
 
     def is_target_available(self, target: Any) -> bool:
         return bool(target.kind.name == "llvm")
 
-    def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+    def _blocks(self, func: Any, target: Any) -> tuple[Any, list[Any]] | None:
+        """(schedule, the kernel's normalized blocks), or None for a function this rule cannot take."""
         from tvm import s_tir, tirx
         from tvm.s_tir.dlight.analysis import normalize_prim_func
-        from tvm.s_tir.dlight.base import try_inline
 
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
-        if infos is None:
+        return None if infos is None else (sch, infos)
+
+
+def _one_reduction(infos: list[Any]) -> tuple[Any, list[Any]] | None:
+    """(reduction, epilogue) when the blocks left after inlining are one reduction with static
+    spatial and reduction iterators followed by at most one elementwise block; else None."""
+    if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
+        return None
+    reduction, epilogue = infos[0], infos[1:]
+    if len(epilogue) > 1 or (epilogue and not epilogue[0].is_injective()):
+        return None
+    iters = reduction.iters
+    if {i.kind for i in iters} - {"S", "R"} or not all(isinstance(i.dom, int) for i in iters):
+        return None
+    return reduction, epilogue
+
+
+class ParallelRows(_CpuRule):
+    """Kernels that are one reduction block (static extents, output rows ≥ MIN_ROW) followed by at
+    most one elementwise block; any other kernel keeps TVM's unscheduled lowering."""
+
+    def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+        from tvm.s_tir.dlight.base import try_inline
+
+        blocks = self._blocks(func, target)
+        if blocks is None:
             return None
-        infos = try_inline(sch, infos)  # padding folds into the reduction's reads
-        if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
+        sch, infos = blocks
+        found = _one_reduction(try_inline(sch, infos))  # padding folds into the reduction's reads
+        if found is None:
             return None
-        reduction, epilogue = infos[0], infos[1:]
-        if len(epilogue) > 1 or (epilogue and not epilogue[0].is_injective()):
-            return None
+        reduction, epilogue = found
         kinds = reduction.dom_kind()
-        if set(kinds) - {"S", "R"} or not all(isinstance(i.dom, int) for i in reduction.iters):
-            return None
         rows = [i.dom for i in reduction.iters if i.kind == "S"]
         if len(rows) < 2 or rows[-1] < MIN_ROW:  # an outer loop to share out, a row to vectorize
             return None
@@ -121,7 +142,7 @@ def vector_lanes(target: Any) -> int:
     return 8 if "avx" in features else 4
 
 
-class RegisterTiles(_rule_base()):  # type: ignore[misc]
+class RegisterTiles(_CpuRule):
     """Reduction kernels read as a GEMM (dense layers, full, pointwise and depthwise convolutions):
     an output tile of a few output channels × a few whole vectors of output positions stays in
     registers while the whole reduction runs over it.
@@ -137,20 +158,13 @@ class RegisterTiles(_rule_base()):  # type: ignore[misc]
     products (LLVM vectorizes ParallelRows' loop into widening multiply-adds itself).
     """
 
-    def is_target_available(self, target: Any) -> bool:
-        return bool(target.kind.name == "llvm")
-
     def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
-        from tvm import s_tir, tirx
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
         from tvm.s_tir.dlight.base import try_inline
 
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        blocks = self._blocks(func, target)
+        if blocks is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = blocks
         names = [sch.get(i.block_rv).name_hint for i in infos]
         # A padded input stays a buffer of its own (filled in parallel first): inlined, the padding
         # is a bounds check on every broadcast input value; and a packed int8 conv's vpdpbusd reads
@@ -161,15 +175,11 @@ class RegisterTiles(_rule_base()):  # type: ignore[misc]
         pads = (
             [] if window_only else [i for i in infos if not i.is_reduction() and _pads(sch.get(i.block_rv))]
         )
-        infos = try_inline(sch, [i for i in infos if i not in pads])
-        if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
+        found = _one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
+        if found is None:
             return None
-        reduction, epilogue = infos[0], infos[1:]
-        if len(epilogue) > 1 or (epilogue and not epilogue[0].is_injective()):
-            return None
+        reduction, epilogue = found
         iters = reduction.iters
-        if {i.kind for i in iters} - {"S", "R"} or not all(isinstance(i.dom, int) for i in iters):
-            return None
         dot = int8_dot.COMPUTE in names
         reads_writes = sch.get(reduction.block_rv)
         if not dot and str(reads_writes.writes[0].source.dtype) == "int32" and _is_arm(target):

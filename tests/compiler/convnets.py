@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,4 +58,20 @@ def build_convnet(path: Path, seed: int = 0, metadata: bool = True, batch: int |
             },
         )
     onnx.save(model, str(path))
+    return path
+
+
+def save_graph(path: Path, nodes: list[Any], x: list[int], y: list[int], inits: list[Any]) -> Path:
+    """An opset-17 model of `nodes` from float input "x" of shape `x` to float output "y", saved."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path

@@ -12,22 +12,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from convnets import save_graph
+from onnx import helper, numpy_helper
 
 from edgecam.compiler.targets.base import create_target
 from edgecam.compiler.targets.cpu_schedules import MIN_ROW, _tile, vector_lanes
-
-
-def _model(path: Path, nodes: list[Any], x: list[int], y: list[int], inits: list[Any]) -> Path:
-    graph = helper.make_graph(
-        nodes,
-        "net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
 
 
 def _conv(
@@ -50,7 +39,7 @@ def _conv(
         numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
         numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
     ]
-    return _model(path, nodes, [1, channels, size, size], [1, outputs, size, size], inits)
+    return save_graph(path, nodes, [1, channels, size, size], [1, outputs, size, size], inits)
 
 
 def _dense(path: Path, inputs: int, outputs: int) -> Path:
@@ -60,7 +49,7 @@ def _dense(path: Path, inputs: int, outputs: int) -> Path:
         numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"),
     ]
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
-    return _model(path, nodes, [1, inputs], [1, outputs], inits)
+    return save_graph(path, nodes, [1, inputs], [1, outputs], inits)
 
 
 def _x86() -> Any:
@@ -192,7 +181,7 @@ def test_relu6_and_convs_stay_channels_last_between_the_model_edges(tmp_path: Pa
         numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
         numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
     ]
-    path = _model(tmp_path / "net.onnx", nodes, [1, 8, 7, 7], [1, 8, 7, 7], inits)
+    path = save_graph(tmp_path / "net.onnx", nodes, [1, 8, 7, 7], [1, 8, 7, 7], inits)
     prepared = _x86().prepare(_relax(path))
     text = prepared["main"].script()
     assert text.count("R.permute_dims(") + text.count("R.layout_transform(") == 2

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from convnets import save_graph
 from test_qdq_to_integer import _Reader, output_step, relax_module, run_ort
 
 from edgecam.compiler.artifact import host_cpu_features
@@ -18,8 +19,7 @@ from edgecam.compiler.targets import create_target
 def quantized_net(tmp_path: Path) -> Path:
     """Conv 3×3 (8 → 16, pad 1) → Relu → Conv 1×1 (16 → 32) on 1×8×10×10, through quantize_static
     (per-channel int8 weights, uint8 activations)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     rng = np.random.default_rng(0)
@@ -33,15 +33,7 @@ def quantized_net(tmp_path: Path) -> Path:
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 10, 10])],
-        inits,
-    )
-    source = tmp_path / "fp32.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    source = save_graph(tmp_path / "fp32.onnx", nodes, [1, 8, 10, 10], [1, 32, 10, 10], inits)
     target = tmp_path / "int8.onnx"
     quantize_static(
         str(source),
