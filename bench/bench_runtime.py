@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from machine_info import cpu_model
+from timing import tvm_threads
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     args = parser.parse_args()
+    tvm_threads(args.threads)  # both engines compute with the same number of threads
 
     import onnxruntime as ort
 

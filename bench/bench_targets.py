@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import shapes
 from machine_info import machine, peak_gflops, stamp
-from timing import timed
+from timing import timed, tvm_threads
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 4
@@ -189,6 +189,7 @@ def main() -> None:
         "--mcpu", default="portable", help="portable (the demo's level), host, or an LLVM CPU"
     )
     args = parser.parse_args()
+    tvm_threads(args.threads)  # both engines compute with the same number of threads
 
     import onnxruntime
     import tvm

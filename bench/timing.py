@@ -16,3 +16,12 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 10) -> list[float]:
         fn()
         out.append((time.perf_counter() - start) * 1000.0)
     return out
+
+
+def tvm_threads(threads: int) -> None:
+    """Make TVM compute with `threads` threads, as ONNX Runtime does with `threads` intra-op threads:
+    TVM sizes its pool from TVM_NUM_THREADS once, at its first parallel kernel, and by default on x86
+    takes half the CPUs (one thread on a 2-core VM). Call before anything runs a TVM library."""
+    import os
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)

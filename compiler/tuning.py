@@ -239,7 +239,7 @@ def tune(
         return TuneResult(database, len(tasks), before, 0, 0.0)
     progress = _Progress(remaining, on_progress)
     builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S)
-    with _noting_interrupts() as interrupted:
+    with _noting_interrupts() as interrupted, _runner_threads(target):
         progress.stop = interrupted
         try:
             ms.relax_integration.tune_relax(
@@ -351,6 +351,25 @@ class _Progress:
 def eta_seconds(done: int, planned: int, seconds: float) -> float | None:
     """Seconds left at the rate so far (None before the first batch)."""
     return seconds / done * (planned - done) if done else None
+
+
+@contextmanager
+def _runner_threads(target: Any) -> Iterator[None]:
+    """Local runner processes (which inherit this environment) time candidates with one thread per
+    core of the target, as the camera runs them (edgecam/tvm_threads.py): with TVM's own default,
+    half the CPUs on x86, a 2-core host would tune single-threaded kernels."""
+    from edgecam import tvm_threads
+
+    previous = os.environ.get(tvm_threads.VARIABLE)
+    cores = int(target.attrs.get("num-cores", 0) or 0)
+    os.environ[tvm_threads.VARIABLE] = str(cores or tvm_threads.physical_cores())
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[tvm_threads.VARIABLE]
+        else:
+            os.environ[tvm_threads.VARIABLE] = previous
 
 
 def rpc_runner(tracker: str, key: str, session_timeout_s: int = 60) -> Any:

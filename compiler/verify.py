@@ -127,6 +127,9 @@ def run_library(
     `params` are weights the library takes after the inputs (an artifact's coded weights, decoded);
     with `transform`, that function runs once on them first and `main` takes its outputs, as on a camera.
     """
+    from edgecam import tvm_threads
+
+    tvm_threads.use_physical_cores()  # before TVM's pool starts: a later runtime in this process shares it
     import tvm
     from tvm.runtime.vm import VirtualMachine
 

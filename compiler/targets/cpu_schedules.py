@@ -20,13 +20,11 @@ bundled CNN to 0.5-0.7 ms.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 from edgecam.compiler.lowering import int8_dot
-
-MIN_ROW = 4  # an innermost row shorter than this gains nothing from vectorizing
+from edgecam.compiler.targets.cpu_positions import can_pad_positions, fuse_output_positions, pad_positions
+from edgecam.compiler.targets.cpu_tiles import MIN_ROW, GemmShape, vector_lanes
 
 
 def default_pipeline(target: Any) -> Any:
@@ -125,23 +123,6 @@ class ParallelRows(_CpuRule):
         return sch
 
 
-# Registers a tile's accumulators may take: AVX-512 has 32 vector registers, AVX2 and NEON 16 (32 on
-# aarch64, but its vectors are narrower); the rest hold the loaded inputs and broadcast weights.
-_ACCUMULATOR_BUDGET = {16: 16, 8: 10, 4: 16}
-_MAX_TILE_ROWS = 8  # output channels per tile: beyond this the weight broadcasts dominate
-
-
-def vector_lanes(target: Any) -> int:
-    """32-bit lanes in one of `target`'s vector registers: 16 with AVX-512, 8 with AVX/AVX2, 4 else
-    (SSE, NEON)."""
-    from tvm.target import codegen
-
-    features = set(codegen.llvm_get_cpu_features(target))
-    if "avx512f" in features:
-        return 16
-    return 8 if "avx" in features else 4
-
-
 class RegisterTiles(_CpuRule):
     """Reduction kernels read as a GEMM (dense layers, full, pointwise and depthwise convolutions):
     an output tile of a few output channels × a few whole vectors of output positions stays in
@@ -187,7 +168,24 @@ class RegisterTiles(_CpuRule):
             # ParallelRows' loop into widening multiply-adds (smlal, sdot), which a register tile
             # of int32 products loses.
             return None
-        shape = _GemmShape.of(reads_writes, iters, vector_lanes(target), packed=dot)
+        lanes, kept = vector_lanes(target), {sch.get(p.block_rv).name_hint for p in pads}
+        paddable = False
+        if not dot and fuse_output_positions(sch, reduction, epilogue):
+            found = self._reread(sch, kept)
+            if found is None:
+                return None
+            reduction, epilogue = found
+            iters, reads_writes = reduction.iters, sch.get(reduction.block_rv)
+            paddable = can_pad_positions(sch, reduction)
+        shape = GemmShape.of(reads_writes, iters, lanes, packed=dot, paddable=paddable)
+        if shape is not None and shape.padded:
+            kept.add(pad_positions(sch, reduction, shape.channels))
+            found = self._reread(sch, kept)
+            if found is None:
+                return None
+            reduction, epilogue = found
+            iters, reads_writes = reduction.iters, sch.get(reduction.block_rv)
+            shape = GemmShape.of(reads_writes, iters, lanes)
         if shape is None:
             return None
         if dot and (shape.lanes != int8_dot.LANES or not int8_dot.has_vnni(target)):
@@ -246,6 +244,15 @@ class RegisterTiles(_CpuRule):
         sch.decompose_reduction(block, reduce[0])
         return sch
 
+    @staticmethod
+    def _reread(sch: Any, pads: set[str]) -> tuple[Any, list[Any]] | None:
+        """The kernel's reduction and epilogue read again after a rewrite of their iterators."""
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+        from tvm.s_tir.dlight.base import try_inline
+
+        infos = [i for i in normalize_prim_func(sch) or [] if sch.get(i.block_rv).name_hint not in pads]
+        return _one_reduction(try_inline(sch, infos))
+
 
 def _is_arm(target: Any) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("aarch64")
@@ -259,124 +266,9 @@ def _in_vectors(sch: Any, loop: Any, lanes: int) -> None:
     sch.unroll(vectors)
 
 
-@dataclass
-class _GemmShape:
-    """A reduction kernel read as C[channel, position] += A[channel, r] · B[r, position]: `positions`
-    is the vectorized output axis (or an output row and column to fuse), `channel` the output axis
-    the data B does not depend on (a depthwise conv's last other axis; None for a dense layer at
-    batch 1), and the tile sizes: `rows` fused output rows, `columns` positions and `channels`
-    channels per tile."""
-
-    spatial: list[Any]
-    reduce: list[Any]
-    channel: Any
-    positions: list[Any]
-    rows: int
-    columns: int
-    channels: int
-    lanes: int  # of the vectors the positions are computed in
-    vectors_larger: bool  # whether the operand read as vectors (B) has more elements than A
-
-    @staticmethod
-    def of(block: Any, iters: list[Any], lanes: int, packed: bool = False) -> _GemmShape | None:
-        """The GEMM reading of a reduction block, or None. `packed`: an int8_dot conv, whose weights'
-        innermost axis is the 4 input channels of a dot product, the output channels next to it."""
-        from tvm.tirx.analysis import undefined_vars
-
-        spatial = [i for i in iters if i.kind == "S"]
-        reduce = [i for i in iters if i.kind == "R"]
-        if not spatial or not reduce:
-            return None
-        regions = [(r, [set(undefined_vars(x.min)) for x in r.region]) for r in block.reads]
-
-        def uses(region: list[set[Any]], its: list[Any]) -> bool:
-            return any(i.var in axis for i in its for axis in region)
-
-        last = spatial[-1]
-        data = [(r, region) for r, region in regions if uses(region, [last])]
-        if not data or last.dom < MIN_ROW or not all(_unit_stride(r, last, packed) for r, _ in data):
-            return None
-        fused = len(spatial) >= 2 and all(_whole_rows(r, spatial[-2:]) for r, _ in data)
-        positions = spatial[-2:] if fused else [last]
-        others = [i for i in spatial if i not in positions]
-        # The channel axis: one the data does not depend on (its rows reuse each loaded vector);
-        # a depthwise conv's data depends on every axis, and its tile rows are output columns.
-        free = [i for i in others if not any(uses(region, [i]) for _, region in data)]
-        channel = free[-1] if free else (others[-1] if others else None)
-        # Fused, a tile is whole output rows (`rows` of them); else a run along the one axis.
-        height, width = (positions[0].dom, positions[1].dom) if fused else (last.dom, 1)
-        channels = channel.dom if channel else 1
-        for vector in (lanes, lanes // 2):  # half-width vectors where no tile fills whole ones
-            tile = _tile(height, width, channels, vector, _ACCUMULATOR_BUDGET[lanes])
-            if tile is not None:
-                rows, tile_channels = tile
-                larger = _elements(r for r, _ in data) > _elements(
-                    r for r, region in regions if not uses(region, positions)
-                )
-                return _GemmShape(
-                    spatial, reduce, channel, positions, rows, rows * width, tile_channels, vector, larger
-                )
-        return None
-
-
-def _tile(height: int, width: int, channels: int, lanes: int, budget: int) -> tuple[int, int] | None:
-    """(rows of `width` positions, channels) per tile: the tile whose accumulators (channels × whole
-    vectors of `lanes`) fit `budget` registers and that does the most multiply-adds per register
-    load (each step loads a vector per position vector and broadcasts a value per channel); rows
-    divide `height` and channels `channels`. None when no row count makes whole vectors: LLVM spills
-    odd-length vectors such as <49 x float> on every use."""
-    best: tuple[tuple[float, int], tuple[int, int]] | None = None
-    for rows in (k for k in range(1, height + 1) if height % k == 0 and (k * width) % lanes == 0):
-        vectors = rows * width // lanes
-        for count in (c for c in range(1, _MAX_TILE_ROWS + 1) if channels % c == 0):
-            if vectors * count > budget:
-                continue
-            score = (vectors * count / (vectors + count), vectors * count)
-            if best is None or score > best[0]:
-                best = (score, (rows, count))
-    return best[1] if best else None
-
-
 def _pads(block: Any) -> bool:
     """Whether a block writes a larger buffer than the one it reads (a padding copy)."""
     if len(block.reads) != 1 or len(block.writes) != 1:
         return False
     read, written = block.reads[0].source.shape, block.writes[0].source.shape
     return len(read) == len(written) and any(int(w) > int(r) for r, w in zip(read, written, strict=True))
-
-
-def _unit_stride(read: Any, position: Any, packed: bool) -> bool:
-    """Whether `read` walks its innermost dimension with the vectorized position, one element per
-    step (so a vector of positions is one contiguous load, not a gather); for `packed` weights, the
-    dimension next to the innermost."""
-    from tvm.sym.analyzer import Analyzer
-
-    index = read.region[-2 if packed and len(read.region) == 5 else -1].min
-    rest = Analyzer().simplify(index - position.var)
-    return bool(any(v.same_as(position.var) for v in _vars(index))) and not any(
-        v.same_as(position.var) for v in _vars(rest)
-    )
-
-
-def _vars(expr: Any) -> list[Any]:
-    from tvm.tirx.analysis import undefined_vars
-
-    return list(undefined_vars(expr))
-
-
-def _elements(reads: Any) -> int:
-    """Elements of the buffers `reads` come from."""
-    return sum(math.prod(int(d) for d in r.source.shape) for r in reads)
-
-
-def _whole_rows(read: Any, rows: list[Any]) -> bool:
-    """Whether `read` indexes its last two dimensions exactly by the output row and column and spans
-    them whole (a pointwise, stride-1 conv): fused rows are then consecutive in memory."""
-    region = read.region
-    if len(region) < 2:
-        return False
-    shape = read.source.shape
-    return all(
-        axis.min.same_as(r.var) and int(extent) == r.dom
-        for r, axis, extent in zip(rows, region[-2:], shape[-2:], strict=True)
-    )

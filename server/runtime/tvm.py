@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecam import weight_codec
+from edgecam import tvm_threads, weight_codec
 from edgecam.compiler.artifact import Artifact, ArtifactError
 from edgecam.datatypes import to_numpy
 from edgecam.server.errors import ModelLoadError
@@ -29,9 +29,11 @@ def import_tvm_runtime() -> ModuleType:
     """`import tvm` with only the runtime library loaded, without dragging torch in.
 
     If tvm is already imported (a process that also compiled), that module is used as it is:
-    the environment variable only matters before the first import.
+    the environment variable only matters before the first import. TVM's thread pool gets one
+    thread per physical core unless TVM_NUM_THREADS says otherwise (edgecam/tvm_threads.py).
     """
     with _IMPORT_LOCK:
+        tvm_threads.use_physical_cores()
         if "tvm" in sys.modules:
             import tvm
             import tvm.runtime.vm  # `import tvm` does not import the VM submodule

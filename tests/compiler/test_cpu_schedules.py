@@ -16,7 +16,7 @@ from convnets import save_graph
 from onnx import helper, numpy_helper
 
 from edgecam.compiler.targets.base import create_target
-from edgecam.compiler.targets.cpu_schedules import MIN_ROW, _tile, vector_lanes
+from edgecam.compiler.targets.cpu_tiles import MIN_ROW, choose_tile, vector_lanes
 
 
 def _conv(
@@ -110,18 +110,20 @@ def test_a_kernel_with_short_rows_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_a_channels_last_conv_keeps_a_register_tile_over_its_whole_reduction(tmp_path: Path) -> None:
-    # 32 → 96 channels, 1×1, on a 7×7 map, AVX2 (8 lanes, 10 accumulator registers): of the tiles of
-    # whole vectors of output channels × output columns, 1 vector × 7 columns does the most
-    # multiply-adds per load (7 per 8 loads).
-    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 7, kernel=1, outputs=96), "conv2d")
-    assert "(T.int64(1), T.int64(7), T.int64(7), T.int64(96))" in script  # NHWC output
-    # One parallel loop over tiles: 12 vectors of channels × 7 rows. The weights (3072 values)
-    # outnumber the input (1568), so the channel loop is outermost: a thread's consecutive tiles
-    # read one slice of the weights, which stays in cache.
-    assert _top_loops(script) == ["for ax2_0_ax0_ax1_0_fused in T.parallel(T.int64(84)):"]
-    tile = script[script.index("for ax3 in range(T.int64(32)):") :]  # the input channels, serial
-    assert re.search(r"for \w+ in T\.unroll\(T\.int64\(7\)\):", tile)  # output columns
-    assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", tile)  # one vector of channels
+    # 32 → 96 channels, 1×1, on a 14×14 map, AVX2 (8 lanes, 12 accumulator registers): the tile is
+    # 3 vectors of output channels × 4 output positions (12 multiply-adds per 3 loads and 4
+    # broadcasts), the positions counted across rows (compiler/targets/cpu_positions.py).
+    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 14, kernel=1, outputs=96), "conv2d")
+    assert "(T.int64(1), T.int64(14), T.int64(14), T.int64(96))" in script  # NHWC output
+    # One parallel loop over tiles: 4 runs of 24 channels × 49 runs of 4 positions. The weights
+    # (3072 values) are smaller than the input (6272): the positions loop is outermost, so a
+    # thread's consecutive tiles read one run of input rows, which stays in cache.
+    [parallel] = _top_loops(script)
+    assert parallel.endswith("in T.parallel(T.int64(196)):")
+    tile = script[script.index("for ax2 in range(T.int64(32)):") :]  # the input channels, serial
+    assert re.search(r"for \w+ in T\.unroll\(T\.int64\(4\)\):", tile)  # positions
+    assert re.search(r"for \w+ in T\.unroll\(T\.int64\(3\)\):", tile)  # vectors of channels
+    assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", tile)
     # The accumulators are a tile-sized buffer allocated inside the parallel loop, in global scope:
     # TVM puts small global allocations on the stack (where LLVM keeps them in registers) and local
     # ones in a workspace allocated on every iteration.
@@ -149,7 +151,9 @@ def test_a_dense_layer_at_batch_1_is_tiled_along_its_outputs(tmp_path: Path) -> 
     ("height", "width", "channels", "lanes", "tile"),
     [
         (960, 1, 7, 16, (32, 7)),  # 960 channels × 7 columns, AVX-512: 2 vectors × 7 columns
-        (96, 1, 112, 16, (48, 4)),  # 3 vectors × 4 columns = 12 of 16 registers
+        (96, 1, 112, 16, (32, 8)),  # 2 vectors × 8 positions = 16 of 16 registers
+        (576, 1, 196, 8, (24, 4)),  # AVX2: 3 vectors × 4 positions = 12 registers
+        (960, 1, 49, 8, (8, 7)),  # 49 positions, not paddable: 1 vector × 7 positions
         (1000, 1, 1, 8, (40, 1)),  # a dense layer at batch 1: 5 vectors of 8 outputs
         (49, 1, 8, 16, None),  # no run of whole vectors: declined
         (7, 7, 960, 16, None),  # 49 fused positions: declined
@@ -159,7 +163,7 @@ def test_a_dense_layer_at_batch_1_is_tiled_along_its_outputs(tmp_path: Path) -> 
 def test_the_tile_fills_whole_vectors_within_the_register_budget(
     height: int, width: int, channels: int, lanes: int, tile: tuple[int, int] | None
 ) -> None:
-    assert _tile(height, width, channels, lanes, budget=16 if lanes == 16 else 10) == tile
+    assert choose_tile(height, width, channels, lanes, budget=16 if lanes == 16 else 12) == tile
 
 
 @pytest.mark.parametrize(("mcpu", "lanes"), [("x86-64-v3", 8), ("znver4", 16), ("x86-64", 4)])
