@@ -97,6 +97,11 @@ class Target(abc.ABC):
             from edgecam.compiler.lowering.channels_last import to_channels_last
 
             mod = to_channels_last(mod)
+            if not integer:
+                from edgecam.compiler.lowering.packed_gemm import pack_pointwise_convs
+                from edgecam.compiler.targets.cpu_tiles import vector_lanes
+
+                mod = pack_pointwise_convs(mod, vector_lanes(self.tvm_target()))[0]
             if packs:
                 from edgecam.compiler.lowering import int8_dot
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgecam.compiler.lowering import int8_dot
-from edgecam.compiler.targets.cpu_positions import can_pad_positions, fuse_output_positions, pad_positions
+from edgecam.compiler.targets.cpu_positions import fuse_output_positions
 from edgecam.compiler.targets.cpu_tiles import MIN_ROW, GemmShape, vector_lanes
 
 
@@ -49,7 +49,9 @@ def schedule_passes() -> list[Any]:
     RegisterTiles, other reductions (depthwise convs) with ParallelRows."""
     from tvm.s_tir import dlight as dl
 
-    return [dl.ApplyDefaultSchedule(RegisterTiles(), ParallelRows())]
+    from edgecam.compiler.targets.cpu_gemm import PackedGemm
+
+    return [dl.ApplyDefaultSchedule(PackedGemm(), RegisterTiles(), ParallelRows())]
 
 
 def _rule_base() -> type:
@@ -58,7 +60,7 @@ def _rule_base() -> type:
     return ScheduleRule
 
 
-class _CpuRule(_rule_base()):  # type: ignore[misc]
+class CpuRule(_rule_base()):  # type: ignore[misc]
     """What both rules share: LLVM targets only, and the kernel read as blocks (dlight's analysis)."""
 
     def is_target_available(self, target: Any) -> bool:
@@ -76,7 +78,7 @@ class _CpuRule(_rule_base()):  # type: ignore[misc]
         return None if infos is None else (sch, infos)
 
 
-def _one_reduction(infos: list[Any]) -> tuple[Any, list[Any]] | None:
+def one_reduction(infos: list[Any]) -> tuple[Any, list[Any]] | None:
     """(reduction, epilogue) when the blocks left after inlining are one reduction with static
     spatial and reduction iterators followed by at most one elementwise block; else None."""
     if not infos or not infos[0].is_reduction() or any(i.is_reduction() for i in infos[1:]):
@@ -90,7 +92,7 @@ def _one_reduction(infos: list[Any]) -> tuple[Any, list[Any]] | None:
     return reduction, epilogue
 
 
-class ParallelRows(_CpuRule):
+class ParallelRows(CpuRule):
     """Kernels that are one reduction block (static extents, output rows ≥ MIN_ROW) followed by at
     most one elementwise block; any other kernel keeps TVM's unscheduled lowering."""
 
@@ -101,7 +103,7 @@ class ParallelRows(_CpuRule):
         if blocks is None:
             return None
         sch, infos = blocks
-        found = _one_reduction(try_inline(sch, infos))  # padding folds into the reduction's reads
+        found = one_reduction(try_inline(sch, infos))  # padding folds into the reduction's reads
         if found is None:
             return None
         reduction, epilogue = found
@@ -123,7 +125,7 @@ class ParallelRows(_CpuRule):
         return sch
 
 
-class RegisterTiles(_CpuRule):
+class RegisterTiles(CpuRule):
     """Reduction kernels read as a GEMM (dense layers, full, pointwise and depthwise convolutions):
     an output tile of a few output channels × a few whole vectors of output positions stays in
     registers while the whole reduction runs over it.
@@ -156,7 +158,7 @@ class RegisterTiles(_CpuRule):
         pads = (
             [] if window_only else [i for i in infos if not i.is_reduction() and _pads(sch.get(i.block_rv))]
         )
-        found = _one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
+        found = one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
         if found is None:
             return None
         reduction, epilogue = found
@@ -168,24 +170,13 @@ class RegisterTiles(_CpuRule):
             # ParallelRows' loop into widening multiply-adds (smlal, sdot), which a register tile
             # of int32 products loses.
             return None
-        lanes, kept = vector_lanes(target), {sch.get(p.block_rv).name_hint for p in pads}
-        paddable = False
         if not dot and fuse_output_positions(sch, reduction, epilogue):
-            found = self._reread(sch, kept)
+            found = self._reread(sch, {sch.get(p.block_rv).name_hint for p in pads})
             if found is None:
                 return None
             reduction, epilogue = found
             iters, reads_writes = reduction.iters, sch.get(reduction.block_rv)
-            paddable = can_pad_positions(sch, reduction)
-        shape = GemmShape.of(reads_writes, iters, lanes, packed=dot, paddable=paddable)
-        if shape is not None and shape.padded:
-            kept.add(pad_positions(sch, reduction, shape.channels))
-            found = self._reread(sch, kept)
-            if found is None:
-                return None
-            reduction, epilogue = found
-            iters, reads_writes = reduction.iters, sch.get(reduction.block_rv)
-            shape = GemmShape.of(reads_writes, iters, lanes)
+        shape = GemmShape.of(reads_writes, iters, vector_lanes(target), packed=dot)
         if shape is None:
             return None
         if dot and (shape.lanes != int8_dot.LANES or not int8_dot.has_vnni(target)):
@@ -228,7 +219,7 @@ class RegisterTiles(_CpuRule):
         # has several) and columns, fused back into the tile's run of positions.
         loops = sch.get_loops(consumer)[1:]
         positions = 2 if len(shape.positions) == 2 and shape.rows > 1 else 1
-        _in_vectors(sch, sch.fuse(*loops[-positions:]) if positions > 1 else loops[-1], shape.lanes)
+        in_vectors(sch, sch.fuse(*loops[-positions:]) if positions > 1 else loops[-1], shape.lanes)
         if channel_tile is not None:
             sch.unroll(channel_tile)
         if dot:
@@ -240,7 +231,7 @@ class RegisterTiles(_CpuRule):
             return sch
         # Vectorized before the init is split off: the update alone is no reduction block, which
         # `vectorize` refuses; the init's loops are copied with their kinds.
-        _in_vectors(sch, tile, shape.lanes)
+        in_vectors(sch, tile, shape.lanes)
         sch.decompose_reduction(block, reduce[0])
         return sch
 
@@ -251,14 +242,14 @@ class RegisterTiles(_CpuRule):
         from tvm.s_tir.dlight.base import try_inline
 
         infos = [i for i in normalize_prim_func(sch) or [] if sch.get(i.block_rv).name_hint not in pads]
-        return _one_reduction(try_inline(sch, infos))
+        return one_reduction(try_inline(sch, infos))
 
 
 def _is_arm(target: Any) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
-def _in_vectors(sch: Any, loop: Any, lanes: int) -> None:
+def in_vectors(sch: Any, loop: Any, lanes: int) -> None:
     """Split `loop` (a multiple of `lanes` long) into unrolled register-wide vectors: LLVM handles a
     <16 x float> well but spills and reassembles a <112 x float> element by element."""
     vectors, lane = sch.split(loop, [None, lanes])

@@ -52,19 +52,10 @@ class GemmShape:
     lanes: int  # of the vectors the positions are computed in
     vectors_larger: bool  # whether the operand read as vectors (B) has more elements than A
 
-    @property
-    def padded(self) -> bool:
-        """Whether the tile's channels do not divide the channel axis (which must then be padded)."""
-        return self.channel is not None and self.channel.dom % self.channels != 0
-
     @staticmethod
-    def of(
-        block: Any, iters: list[Any], lanes: int, packed: bool = False, paddable: bool = False
-    ) -> GemmShape | None:
+    def of(block: Any, iters: list[Any], lanes: int, packed: bool = False) -> GemmShape | None:
         """The GEMM reading of a reduction block, or None. `packed`: an int8_dot conv, whose weights'
-        innermost axis is the 4 input channels of a dot product, the output channels next to it.
-        `paddable`: the channel axis may be padded (cpu_positions.pad_positions), so the tile's
-        channels need not divide it."""
+        innermost axis is the 4 input channels of a dot product, the output channels next to it."""
         from tvm.tirx.analysis import undefined_vars
 
         spatial = [i for i in iters if i.kind == "S"]
@@ -95,7 +86,7 @@ class GemmShape:
             # predates the loads-count-thrice one, which was measured on AVX2 only).
             broadcast = bool(free) and not packed
             budget = (ACCUMULATOR_BUDGET if broadcast else WINDOW_BUDGET)[lanes]
-            tile = choose_tile(height, width, channels, vector, budget, paddable, broadcast)
+            tile = choose_tile(height, width, channels, vector, budget, broadcast=broadcast)
             if tile is not None:
                 rows, tile_channels = tile
                 larger = _elements(r for r, _ in data) > _elements(
@@ -122,9 +113,9 @@ def choose_tile(
     pays. None when no row count makes whole vectors: LLVM spills odd-length vectors such as
     <49 x float> on every use.
 
-    Padding (a fused positions axis, cpu_positions.pad_positions) is for axes no tile wider than one
-    vector divides (a 7×7 map's 49 positions: 1 or 7), and only when its best tile scores PAD_GAIN
-    more, its padding rows counted as lost work, squared for the copy and the idle epilogue rows. On
+    Padding (the positions of a packed GEMM, compiler/lowering/packed_gemm.py) is for axes no tile
+    wider than one vector divides (a 7×7 map's 49 positions: 1 or 7), and only when its best tile
+    scores PAD_GAIN more, its padding rows counted as lost work, squared for the idle rows. On
     a znver3, a 1×1 conv on a 7×7 map: 2 vectors × 5 positions padded to 50 ran at 41-42 GMAC/s,
     2 × 6 padded to 54 at 34-39, 1 × 7 unpadded at 26-33; on a 112×112 map (where 2 × 4 divides),
     2 × 6 padded ran at half the speed of 2 × 4."""

@@ -117,6 +117,42 @@ def test_int8_cnn_under_qemu_matches_onnxruntimes_exact_int8_kernels(
     assert sum(simd[name] for name in integer_simd) >= 20, f"expected {integer_simd} in the layers: {simd}"
 
 
+def test_a_mobilenet_block_under_qemu_matches_onnxruntime(tmp_path: Path) -> None:
+    """An inverted residual block on a 7×7 map, as MobileNetV2 ends: 1×1 expand and 1×1 project +
+    residual (packed GEMMs, tiled for NEON: 7 positions × 2 vectors of 4), 3×3 depthwise between."""
+    from convnets import save_graph
+    from onnx import helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    rng = np.random.default_rng(0)
+
+    def weights(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    inits = [weights("w0", 16, 3, 1, 1), weights("w1", 48, 16, 1, 1), weights("w2", 48, 1, 3, 3)]
+    inits += [weights("w3", 16, 48, 1, 1)]
+    inits += [numpy_helper.from_array(np.float32(v), n) for n, v in (("lo", 0.0), ("hi", 6.0))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["s"]),  # 3 → 16 channels: the block's input
+        helper.make_node("Conv", ["s", "w1"], ["e"]),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["er"]),
+        helper.make_node("Conv", ["er", "w2"], ["d"], group=48, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["dr"]),
+        helper.make_node("Conv", ["dr", "w3"], ["p"]),
+        helper.make_node("Add", ["p", "s"], ["y"]),
+    ]
+    model = save_graph(tmp_path / "block.onnx", nodes, [1, 3, 7, 7], [1, 16, 7, 7], inits)
+    imported = from_onnx(onnx.load(str(model)), keep_params_in_input=False)
+    prepared = create_target("aarch64", mcpu="cortex-a53").prepare(imported)
+    assert len(re.findall(r"R\.call_tir\(packed_gemm\d*,", prepared["main"].script())) == 3
+
+    artifact = compile_model(model, "aarch64", tmp_path / "arm", target_options={"mcpu": "cortex-a53"})
+
+    verification = artifact.manifest.verification
+    assert verification is not None and verification.runner == "qemu-aarch64 -cpu cortex-a53"
+    assert verification.max_abs_diff <= verify.FLOAT_TOLERANCE
+
+
 def test_coded_weights_and_their_transform_run_under_qemu(convnet: Path, tmp_path: Path) -> None:
     """The library takes its weights as arguments and runs main_transform_params on them first."""
     shared = create_pass(parse_pass_config({"kind": "weight_sharing", "bits": 4})).apply(

@@ -110,17 +110,18 @@ def test_a_kernel_with_short_rows_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_a_channels_last_conv_keeps_a_register_tile_over_its_whole_reduction(tmp_path: Path) -> None:
-    # 32 → 96 channels, 1×1, on a 14×14 map, AVX2 (8 lanes, 12 accumulator registers): the tile is
+    # 32 → 96 channels, 3×3, on a 14×14 map, AVX2 (8 lanes, 12 accumulator registers): the tile is
     # 3 vectors of output channels × 4 output positions (12 multiply-adds per 3 loads and 4
     # broadcasts), the positions counted across rows (compiler/targets/cpu_positions.py).
-    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 14, kernel=1, outputs=96), "conv2d")
+    script = _kernel(_conv(tmp_path / "conv.onnx", 32, 14, outputs=96), "conv2d")
     assert "(T.int64(1), T.int64(14), T.int64(14), T.int64(96))" in script  # NHWC output
-    # One parallel loop over tiles: 4 runs of 24 channels × 49 runs of 4 positions. The weights
-    # (3072 values) are smaller than the input (6272): the positions loop is outermost, so a
-    # thread's consecutive tiles read one run of input rows, which stays in cache.
-    [parallel] = _top_loops(script)
-    assert parallel.endswith("in T.parallel(T.int64(196)):")
-    tile = script[script.index("for ax2 in range(T.int64(32)):") :]  # the input channels, serial
+    # One parallel loop over tiles: 4 runs of 24 channels × 49 runs of 4 positions (after the
+    # padded input copy's). The weights (27648 values) outnumber the input (8192): the channels
+    # loop is outermost, so a thread's consecutive tiles read one slice of the weights.
+    padding, parallel = _top_loops(script)
+    assert "T.parallel(T.int64(16))" in padding and "T.parallel(T.int64(196))" in parallel
+    # The window and the input channels, serial, around the tile.
+    tile = script[script.index("in T.grid(T.int64(3), T.int64(3), T.int64(32)):") :]
     assert re.search(r"for \w+ in T\.unroll\(T\.int64\(4\)\):", tile)  # positions
     assert re.search(r"for \w+ in T\.unroll\(T\.int64\(3\)\):", tile)  # vectors of channels
     assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", tile)
@@ -189,8 +190,11 @@ def test_relu6_and_convs_stay_channels_last_between_the_model_edges(tmp_path: Pa
     prepared = _x86().prepare(_relax(path))
     text = prepared["main"].script()
     assert text.count("R.permute_dims(") + text.count("R.layout_transform(") == 2
-    assert text.count('data_layout="NHWC"') == 2 and text.count('kernel_layout="HWIO"') == 2
-    assert "R.call_tir" not in text  # Clip's TE max/min became relax.maximum/minimum
+    # The 3×3 conv in NHWC/HWIO; the 1×1 one a GEMM over packed weights (test_packed_gemm.py).
+    assert text.count('data_layout="NHWC"') == 1 and text.count('kernel_layout="HWIO"') == 1
+    assert text.count("R.call_tir(packed_gemm,") == 1
+    assert "R.call_tir(maximum" not in text  # Clip's TE max/min became relax.maximum/minimum
+    assert "R.call_tir(minimum" not in text
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,173 @@
+"""Pointwise convs as GEMMs over packed weights (compiler/lowering/packed_gemm.py) and their CPU
+schedule (compiler/targets/cpu_gemm.py): which convs are taken, the packed layout, the register
+tile, padded positions, and that the library computes what ONNX Runtime does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from convnets import save_graph
+from onnx import helper, numpy_helper
+
+from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, pack
+from edgecam.compiler.targets.base import create_target
+
+
+def _x86() -> Any:
+    return create_target("x86_64", mcpu="x86-64-v3")  # AVX2: 8 float lanes
+
+
+def _net(
+    path: Path,
+    channels: int,
+    size: int,
+    outputs: int,
+    epilogue: str = "relu6",
+    batch: int = 1,
+    **conv: Any,
+) -> Path:
+    """A conv (1×1 unless `conv` says otherwise) of `channels` → `outputs` on a size × size map, then
+    `epilogue`: "relu6" (bias + Clip), "residual" (bias + the input added back) or "none"."""
+    rng = np.random.default_rng(0)
+    kernel, group = conv.get("kernel_shape", [1, 1]), conv.get("group", 1)
+    weight = rng.standard_normal((outputs, channels // group, *kernel)).astype(np.float32) * 0.1
+    inits = [numpy_helper.from_array(weight, "w")]
+    stride = conv.get("strides", [1, 1])[0]
+    out_size = (size + sum(conv.get("pads", [0, 0, 0, 0])[::2]) - kernel[0]) // stride + 1
+    if epilogue == "none":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], **conv)]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"))
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **conv)]
+        if epilogue == "relu6":
+            inits += [
+                numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+            ]
+            nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+        else:
+            nodes.append(helper.make_node("Add", ["c", "x"], ["y"]))
+    shape_in, shape_out = [batch, channels, size, size], [batch, outputs, out_size, out_size]
+    return save_graph(path, nodes, shape_in, shape_out, inits)
+
+
+def _relax(path: Path) -> Any:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+
+
+def _prepared(path: Path) -> str:
+    return str(_x86().prepare(_relax(path))["main"].script())
+
+
+def _kernel(path: Path) -> str:
+    target = _x86()
+    tvm_target = target.tvm_target()
+    with tvm_target:
+        module = target.pipeline(tvm_target)(target.prepare(_relax(path)))
+    [script] = [f.script() for gv, f in module.functions.items() if COMPUTE in gv.name_hint]
+    return str(script)
+
+
+def test_a_pointwise_conv_becomes_a_gemm_over_packed_weights(tmp_path: Path) -> None:
+    module = _x86().prepare(_relax(_net(tmp_path / "m.onnx", 160, 7, 96)))
+    text = str(module["main"].script())
+    assert "R.nn.conv2d" not in text and f"R.call_tir({COMPUTE}," in text
+    # 96 outputs in blocks of 16 (2 AVX2 vectors): [96 / 16, 160 channels, 16].
+    assert [c.shape for c in _constants(module) if c.ndim == 3] == [(6, 160, 16)]
+
+
+def _constants(module: Any) -> list[np.ndarray]:
+    from tvm import relax
+
+    found: list[np.ndarray] = []
+
+    @relax.expr_functor.visitor
+    class _Visitor(relax.PyExprVisitor):
+        def visit_constant_(self, const: Any) -> None:
+            found.append(const.data.numpy())
+
+        def visit_generic_const_(self, const: Any) -> None:
+            found.append(const.value.numpy())
+
+    _Visitor().visit_expr(module["main"])
+    return found
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},  # a full conv
+        {"strides": [2, 2]},  # strided: its positions are not the input's
+        {"group": 8},  # grouped
+    ],
+)
+def test_other_convs_keep_topis_conv(tmp_path: Path, conv: dict[str, Any]) -> None:
+    text = _prepared(_net(tmp_path / "m.onnx", 16, 8, 16, **conv))
+    assert "R.nn.conv2d" in text and COMPUTE not in text
+
+
+def test_packing_puts_each_tiles_weights_in_one_run() -> None:
+    weights = np.arange(5 * 32, dtype=np.float32).reshape(5, 32)  # [channels, outputs]
+    packed = pack(weights, Tile(positions=4, channels=16))
+    assert packed.shape == (2, 5, 16) and packed.flags.c_contiguous
+    for o in range(32):
+        np.testing.assert_array_equal(packed[o // 16, :, o % 16], weights[:, o])
+
+
+@pytest.mark.parametrize(
+    ("positions", "outputs", "tile"),
+    [
+        (196, 576, Tile(4, 24)),  # 14×14: 4 positions × 3 vectors divide
+        (49, 960, Tile(5, 16)),  # 7×7: 49 positions padded to 50, 5 × 2 vectors
+        (49, 40, Tile(7, 8)),  # 5 vectors of outputs: no padded tile pays, 7 × 1
+    ],
+)
+def test_the_tile(positions: int, outputs: int, tile: Tile) -> None:
+    assert choose_gemm_tile(positions, outputs, lanes=8) == tile
+
+
+def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: Path) -> None:
+    script = _kernel(_net(tmp_path / "m.onnx", 160, 7, 96))
+    # 50 rows: the 50th repeats the 49th (its index clamped), no copy of the input.
+    assert "T.sblock_alloc_buffer((T.int64(50), T.int64(96)))" in script
+    assert "T.min(" in script and "T.if_then_else" not in script
+    # Tiles of 5 positions × 2 vectors of 8 outputs, in parallel; the epilogue only for rows < 49.
+    assert re.search(r"T\.parallel\(T\.int64\(60\)\)", script)
+    reduction = script[re.search(r"for \w+ in range\(T\.int64\(160\)\):", script).start() :]
+    assert re.search(r"in T\.unroll\(T\.int64\(5\)\):\n\s+for \w+ in T\.unroll\(T\.int64\(2\)\):", reduction)
+    assert re.search(r"T\.vectorized\(T\.int64\(8\)\)", reduction)
+    assert re.search(r"T\.where\(.* < T\.int64\(49\)\)", script)
+
+
+@pytest.mark.parametrize(
+    ("channels", "size", "outputs", "epilogue", "batch"),
+    [
+        (160, 7, 96, "relu6", 1),  # padded positions, bias + ReLU6
+        (96, 7, 96, "residual", 1),  # the epilogue reads a second input
+        (48, 7, 48, "none", 1),  # no epilogue but the reshape to rows
+        (48, 7, 40, "relu6", 1),  # not padded: 7 positions × 1 vector
+        (32, 14, 96, "relu6", 1),
+        (24, 6, 32, "relu6", 2),  # batch 2: the positions of both images are one axis
+    ],
+)
+def test_the_library_matches_onnxruntime(
+    tmp_path: Path, channels: int, size: int, outputs: int, epilogue: str, batch: int
+) -> None:
+    import tvm
+    from tvm import relax
+
+    path = _net(tmp_path / "m.onnx", channels, size, outputs, epilogue, batch)
+    assert COMPUTE in _prepared(path)
+    x = np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    executable = _x86().build(_relax(path))
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
