@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecam.compiler.lowering.calls import rewrite_calls
+
 log = logging.getLogger(__name__)
 
 LANES = 16  # int32 lanes of a zmm register: output channels per vpdpbusd
@@ -33,35 +35,24 @@ def pack_int8_convs(mod: Any) -> tuple[Any, int]:
     """`mod` with its int8 NHWC convs reading packed weights; and how many were rewritten."""
     from tvm import relax
 
-    @relax.expr_functor.mutator
-    class _Packer(relax.PyExprMutator):
-        def __init__(self, module: Any) -> None:
-            super().__init__(module)
-            self.count = 0
+    def packed(builder: Any, call: Any) -> Any:
+        shape = _packable(call)
+        if shape is None:
+            return None
+        return builder.call_te(
+            _packed_conv,
+            call.args[0],
+            relax.const(_pack(shape.weights)),
+            strides=shape.strides,
+            padding=shape.padding,
+            dilation=shape.dilation,
+            primfunc_name_hint=COMPUTE,
+        )
 
-        def visit_call_(self, call: Any) -> Any:
-            call = super().visit_call_(call)
-            shape = _packable(call)
-            if shape is None:
-                return call
-            self.count += 1
-            return self.builder_.call_te(
-                _packed_conv,
-                call.args[0],
-                relax.const(_pack(shape.weights)),
-                strides=shape.strides,
-                padding=shape.padding,
-                dilation=shape.dilation,
-                primfunc_name_hint=COMPUTE,
-            )
-
-    packer = _Packer(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            packer.builder_.update_func(gv, packer.visit_expr(func))
-    if packer.count:
-        log.info("int8_dot: %d int8 convs with weights packed for vpdpbusd", packer.count)
-    return packer.builder_.get(), packer.count
+    mod, count = rewrite_calls(mod, packed)
+    if count:
+        log.info("int8_dot: %d int8 convs with weights packed for vpdpbusd", count)
+    return mod, count
 
 
 class _Conv:

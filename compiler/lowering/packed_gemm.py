@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecam.compiler.lowering.calls import rewrite_calls
 from edgecam.compiler.targets.cpu_tiles import ACCUMULATOR_BUDGET, choose_tile
 
 log = logging.getLogger(__name__)
@@ -47,34 +48,22 @@ def pack_pointwise_convs(mod: Any, lanes: int) -> tuple[Any, int]:
     and how many were rewritten."""
     from tvm import relax
 
-    @relax.expr_functor.mutator
-    class _Packer(relax.PyExprMutator):
-        def __init__(self, module: Any) -> None:
-            super().__init__(module)
-            self.count = 0
+    def packed(builder: Any, call: Any) -> Any:
+        weights = _pointwise_weights(call)
+        if weights is None:
+            return None
+        batch, height, width, _ = (int(d) for d in call.args[0].ty.shape)
+        tile = choose_gemm_tile(batch * height * width, weights.shape[1], lanes)
+        if tile is None:
+            return None
+        return builder.call_te(
+            gemm, call.args[0], relax.const(pack(weights, tile)), tile.positions, primfunc_name_hint=COMPUTE
+        )
 
-        def visit_call_(self, call: Any) -> Any:
-            call = super().visit_call_(call)
-            weights = _pointwise_weights(call)
-            if weights is None:
-                return call
-            batch, height, width, _ = (int(d) for d in call.args[0].ty.shape)
-            tile = choose_gemm_tile(batch * height * width, weights.shape[1], lanes)
-            if tile is None:
-                return call
-            self.count += 1
-            return self.builder_.call_te(
-                gemm, call.args[0], relax.const(pack(weights, tile)), tile.positions,
-                primfunc_name_hint=COMPUTE,
-            )  # fmt: skip
-
-    packer = _Packer(mod)
-    for gv, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            packer.builder_.update_func(gv, packer.visit_expr(func))
-    if packer.count:
-        log.info("packed_gemm: %d pointwise convs as GEMMs over packed weights", packer.count)
-    return packer.builder_.get(), packer.count
+    mod, count = rewrite_calls(mod, packed)
+    if count:
+        log.info("packed_gemm: %d pointwise convs as GEMMs over packed weights", count)
+    return mod, count
 
 
 def choose_gemm_tile(positions: int, outputs: int, lanes: int) -> Tile | None:

@@ -75,3 +75,39 @@ def save_graph(path: Path, nodes: list[Any], x: list[int], y: list[int], inits: 
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def conv_net(
+    path: Path,
+    channels: int,
+    size: int,
+    outputs: int,
+    epilogue: str = "relu6",
+    batch: int = 1,
+    **conv: Any,
+) -> Path:
+    """A conv (1×1 unless `conv` says otherwise) of `channels` → `outputs` on a size × size map, then
+    `epilogue`: "relu6" (bias + Clip), "residual" (bias + the input added back) or "none"."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    kernel, group = conv.get("kernel_shape", [1, 1]), conv.get("group", 1)
+    weight = rng.standard_normal((outputs, channels // group, *kernel)).astype(np.float32) * 0.1
+    inits = [numpy_helper.from_array(weight, "w")]
+    stride = conv.get("strides", [1, 1])[0]
+    out_size = (size + sum(conv.get("pads", [0, 0, 0, 0])[::2]) - kernel[0]) // stride + 1
+    if epilogue == "none":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], **conv)]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"))
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **conv)]
+        if epilogue == "relu6":
+            inits += [
+                numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+            ]
+            nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+        else:
+            nodes.append(helper.make_node("Add", ["c", "x"], ["y"]))
+    shape_in, shape_out = [batch, channels, size, size], [batch, outputs, out_size, out_size]
+    return save_graph(path, nodes, shape_in, shape_out, inits)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from convnets import save_graph
+from convnets import conv_net, save_graph
 from onnx import helper, numpy_helper
 
 from edgecam.compiler.targets.base import create_target
@@ -32,27 +32,9 @@ def _net(
     epilogue: str = "relu6",
     stride: int = 1,
 ) -> Path:
-    """A k×k conv (pad k//2) of `channels` → `outputs` on a size × size map, then `epilogue`: "relu6"
-    (bias + Clip), "residual" (bias + the input added back; outputs == channels) or "none"."""
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((outputs, channels, kernel, kernel)).astype(np.float32) * 0.1
-    inits = [numpy_helper.from_array(weight, "w")]
-    conv = {"pads": [kernel // 2] * 4, "strides": [stride, stride]}
-    out = (size + 2 * (kernel // 2) - kernel) // stride + 1
-    if epilogue == "none":
-        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], **conv)]
-    else:
-        inits.append(numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"))
-        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **conv)]
-        if epilogue == "relu6":
-            inits += [
-                numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-                numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
-            ]
-            nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
-        else:
-            nodes.append(helper.make_node("Add", ["c", "x"], ["y"]))
-    return save_graph(path, nodes, [1, channels, size, size], [1, outputs, out, out], inits)
+    """A k×k conv (pad k//2, `stride`) with `epilogue` (convnets.conv_net)."""
+    conv = {"kernel_shape": [kernel] * 2, "pads": [kernel // 2] * 4, "strides": [stride] * 2}
+    return conv_net(path, channels, size, outputs, epilogue, **conv)
 
 
 def _relax(path: Path) -> Any:

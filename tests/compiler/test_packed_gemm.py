@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from convnets import save_graph
-from onnx import helper, numpy_helper
+from convnets import conv_net
 
 from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, pack
 from edgecam.compiler.targets.base import create_target
@@ -21,40 +20,6 @@ from edgecam.compiler.targets.base import create_target
 
 def _x86() -> Any:
     return create_target("x86_64", mcpu="x86-64-v3")  # AVX2: 8 float lanes
-
-
-def _net(
-    path: Path,
-    channels: int,
-    size: int,
-    outputs: int,
-    epilogue: str = "relu6",
-    batch: int = 1,
-    **conv: Any,
-) -> Path:
-    """A conv (1×1 unless `conv` says otherwise) of `channels` → `outputs` on a size × size map, then
-    `epilogue`: "relu6" (bias + Clip), "residual" (bias + the input added back) or "none"."""
-    rng = np.random.default_rng(0)
-    kernel, group = conv.get("kernel_shape", [1, 1]), conv.get("group", 1)
-    weight = rng.standard_normal((outputs, channels // group, *kernel)).astype(np.float32) * 0.1
-    inits = [numpy_helper.from_array(weight, "w")]
-    stride = conv.get("strides", [1, 1])[0]
-    out_size = (size + sum(conv.get("pads", [0, 0, 0, 0])[::2]) - kernel[0]) // stride + 1
-    if epilogue == "none":
-        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], **conv)]
-    else:
-        inits.append(numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"))
-        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **conv)]
-        if epilogue == "relu6":
-            inits += [
-                numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-                numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
-            ]
-            nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
-        else:
-            nodes.append(helper.make_node("Add", ["c", "x"], ["y"]))
-    shape_in, shape_out = [batch, channels, size, size], [batch, outputs, out_size, out_size]
-    return save_graph(path, nodes, shape_in, shape_out, inits)
 
 
 def _relax(path: Path) -> Any:
@@ -77,7 +42,7 @@ def _kernel(path: Path) -> str:
 
 
 def test_a_pointwise_conv_becomes_a_gemm_over_packed_weights(tmp_path: Path) -> None:
-    module = _x86().prepare(_relax(_net(tmp_path / "m.onnx", 160, 7, 96)))
+    module = _x86().prepare(_relax(conv_net(tmp_path / "m.onnx", 160, 7, 96)))
     text = str(module["main"].script())
     assert "R.nn.conv2d" not in text and f"R.call_tir({COMPUTE}," in text
     # 96 outputs in blocks of 16 (2 AVX2 vectors): [96 / 16, 160 channels, 16].
@@ -110,7 +75,7 @@ def _constants(module: Any) -> list[np.ndarray]:
     ],
 )
 def test_other_convs_keep_topis_conv(tmp_path: Path, conv: dict[str, Any]) -> None:
-    text = _prepared(_net(tmp_path / "m.onnx", 16, 8, 16, **conv))
+    text = _prepared(conv_net(tmp_path / "m.onnx", 16, 8, 16, **conv))
     assert "R.nn.conv2d" in text and COMPUTE not in text
 
 
@@ -135,7 +100,7 @@ def test_the_tile(positions: int, outputs: int, tile: Tile) -> None:
 
 
 def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: Path) -> None:
-    script = _kernel(_net(tmp_path / "m.onnx", 160, 7, 96))
+    script = _kernel(conv_net(tmp_path / "m.onnx", 160, 7, 96))
     # 50 rows: the 50th repeats the 49th (its index clamped), no copy of the input.
     assert "T.sblock_alloc_buffer((T.int64(50), T.int64(96)))" in script
     assert "T.min(" in script and "T.if_then_else" not in script
@@ -164,7 +129,7 @@ def test_the_library_matches_onnxruntime(
     import tvm
     from tvm import relax
 
-    path = _net(tmp_path / "m.onnx", channels, size, outputs, epilogue, batch)
+    path = conv_net(tmp_path / "m.onnx", channels, size, outputs, epilogue, batch)
     assert COMPUTE in _prepared(path)
     x = np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
