@@ -1,4 +1,5 @@
-"""Pointwise (1×1) convolutions as GEMMs over packed weights, for CPUs: a Relax rewrite.
+"""Pointwise (1×1) convolutions and dense layers as GEMMs over packed weights, for CPUs: a Relax
+rewrite.
 
 After compiler/lowering/channels_last.py a 1×1 conv reads its input as [positions, channels] and
 its weights as [channels, outputs] (HWIO). A register tile of NR output channels then reads an
@@ -16,13 +17,19 @@ map's 49 positions: only 7 does, and 7 positions × 2 vectors overflow AVX2's re
 runs over the positions rounded up to a multiple of MR; the extra rows repeat the last position
 (its index clamped), and only the real rows are stored.
 
+A dense layer at batch 1 (a classifier) is a GEMM of one row: its weights, megabytes read once per
+frame, stream from one contiguous run per tile (MobileNetV2's 1280 → 1000 classifier, one znver3
+core: 0.53 → 0.35 ms; ONNX Runtime 0.44 ms).
+
 Taken: float32 NHWC/HWIO conv2d with 1×1 constant weights, stride 1, no padding or dilation, groups
-1, and a tile whose channels divide the outputs. Others keep TOPI's conv.
+1; float32 matmul by a constant 2-D matrix; where a tile's channels divide the outputs. Others keep
+TOPI's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,17 +50,19 @@ class Tile:
     channels: int  # NR: output channels, whole vectors, and the weights' packed block
 
 
-def pack_pointwise_convs(mod: Any, lanes: int) -> tuple[Any, int]:
-    """`mod` with its float 1×1 NHWC convs as packed GEMMs, tiled for vectors of `lanes` floats;
-    and how many were rewritten."""
+def pack_gemms(mod: Any, lanes: int) -> tuple[Any, int]:
+    """`mod` with its float 1×1 NHWC convs and dense layers as packed GEMMs, tiled for vectors of
+    `lanes` floats; and how many were rewritten."""
     from tvm import relax
 
     def packed(builder: Any, call: Any) -> Any:
         weights = _pointwise_weights(call)
         if weights is None:
+            weights = _dense_weights(call)
+        if weights is None:
             return None
-        batch, height, width, _ = (int(d) for d in call.args[0].ty.shape)
-        tile = choose_gemm_tile(batch * height * width, weights.shape[1], lanes)
+        positions = math.prod(int(d) for d in list(call.args[0].ty.shape)[:-1])
+        tile = choose_gemm_tile(positions, weights.shape[1], lanes)
         if tile is None:
             return None
         return builder.call_te(
@@ -62,7 +71,7 @@ def pack_pointwise_convs(mod: Any, lanes: int) -> tuple[Any, int]:
 
     mod, count = rewrite_calls(mod, packed)
     if count:
-        log.info("packed_gemm: %d pointwise convs as GEMMs over packed weights", count)
+        log.info("packed_gemm: %d pointwise convs and dense layers as GEMMs over packed weights", count)
     return mod, count
 
 
@@ -103,29 +112,56 @@ def _pointwise_weights(call: Any) -> np.ndarray | None:
     return values[0, 0]
 
 
+def _dense_weights(call: Any) -> np.ndarray | None:
+    """The [channels, outputs] weights of a float matmul by a constant 2-D matrix, else None."""
+    from tvm import ir
+    from tvm.ir.expr import GenericConst
+
+    if not isinstance(getattr(call, "op", None), ir.Op) or call.op.name != "relax.matmul":
+        return None
+    data, weight = call.args
+    if str(data.ty.dtype) != "float32" or str(call.ty.dtype) != "float32":
+        return None
+    if not isinstance(weight, GenericConst) or len(weight.value.shape) != 2:
+        return None
+    values = weight.value.numpy()
+    return values if values.dtype == np.float32 else None
+
+
 def gemm(data: Any, packed: Any, tile_positions: int) -> Any:
-    """The TE compute: out[n, y, x, o] = Σ_c data[n, y, x, c] · w[o / NR, c, o % NR], as a GEMM over
-    the positions rounded up to a multiple of `tile_positions` (rows past the last repeat it)."""
+    """The TE compute: out[..., o] = Σ_c data[..., c] · w[o / NR, c, o % NR] (a conv's [n, y, x],
+    a dense layer's rows), as a GEMM over those positions rounded up to a multiple of
+    `tile_positions`: rows past the last repeat it."""
     from tvm import te, tirx
 
-    batch, height, width, channels = (int(d) for d in data.shape)
+    *leading, channels = (int(d) for d in data.shape)
     blocks, _, block = (int(d) for d in packed.shape)
-    positions = batch * height * width
+    positions = math.prod(leading)
     rows = -(-positions // tile_positions) * tile_positions
     c = te.reduce_axis((0, channels), "c")
 
-    def pixel(row: Any) -> tuple[Any, Any, Any]:
-        p = tirx.min(row, positions - 1)
-        return p // (height * width), p // width % height, p % width
+    def position(row: Any) -> list[Any]:
+        """`row`'s index into the leading axes (the last position for rows past it)."""
+        rest, index = tirx.min(row, positions - 1), []
+        for extent in reversed(leading):
+            index.insert(0, rest % extent)
+            rest = rest // extent
+        return index
+
+    def row(index: list[Any]) -> Any:
+        flat = index[0]
+        for i, extent in zip(index[1:], leading[1:], strict=True):
+            flat = flat * extent + i
+        return flat
 
     product = te.compute(
         (rows, blocks * block),
-        lambda row, o: te.sum(data[(*pixel(row), c)] * packed[o // block, c, o % block], axis=c),
+        lambda r, o: te.sum(data[(*position(r), c)] * packed[o // block, c, o % block], axis=c),
         name=COMPUTE,
         attrs={TILE_ATTR: tile_positions},
     )
     return te.compute(
-        (batch, height, width, blocks * block),
-        lambda n, y, x, o: product[(n * height + y) * width + x, o],
+        (*leading, blocks * block),
+        lambda *index: product[row(list(index)[:-1]), list(index)[-1]],
         name=f"{COMPUTE}_rows",
     )

@@ -98,10 +98,10 @@ class Target(abc.ABC):
 
             mod = to_channels_last(mod)
             if not integer:
-                from edgecam.compiler.lowering.packed_gemm import pack_pointwise_convs
+                from edgecam.compiler.lowering.packed_gemm import pack_gemms
                 from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
-                mod = pack_pointwise_convs(mod, vector_lanes(self.tvm_target()))[0]
+                mod = pack_gemms(mod, vector_lanes(self.tvm_target()))[0]
             if packs:
                 from edgecam.compiler.lowering import int8_dot
 

@@ -43,18 +43,21 @@ class PackedGemm(CpuRule):
             return None
         _positions_as_one_axis(sch, epilogue.block_rv)
 
-        row, output, reduce = sch.get_loops(reduction.block_rv)
-        row, row_tile = sch.split(row, [None, positions])
+        *rows, output, reduce = sch.get_loops(reduction.block_rv)  # no row loop for a single row
         output, output_tile = sch.split(output, [None, channels])
         data = next(r.source for r in block.reads if r.source is not weights)
         weights_larger = _elements(weights) > _elements(data)
-        leading = [output, row] if weights_larger else [row, output]
-        sch.reorder(*leading, reduce, row_tile, output_tile)
-        outer = sch.fuse(*leading)
+        leading, inner = [output], [output_tile]
+        if rows:
+            row, row_tile = sch.split(rows[0], [None, positions])
+            leading = [output, row] if weights_larger else [row, output]
+            inner = [row_tile, output_tile]
+            sch.unroll(row_tile)
+        sch.reorder(*leading, reduce, *inner)
+        outer = sch.fuse(*leading) if len(leading) > 1 else leading[0]
         sch.parallel(outer)
         sch.reverse_compute_at(epilogue.block_rv, outer)
         in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], lanes)
-        sch.unroll(row_tile)
         in_vectors(sch, output_tile, lanes)
         sch.decompose_reduction(reduction.block_rv, reduce)
         return sch

@@ -142,7 +142,8 @@ def test_a_full_conv_reads_a_padded_copy_of_its_input(tmp_path: Path) -> None:
 
 
 def test_a_dense_layer_at_batch_1_is_tiled_along_its_outputs(tmp_path: Path) -> None:
-    script = _kernel(_dense(tmp_path / "dense.onnx", 96, 1000), "matmul")
+    # Unprepared: a float model's dense layers are packed GEMMs after `prepare` (test_packed_gemm.py).
+    script = _kernel(_dense(tmp_path / "dense.onnx", 96, 1000), "matmul", prepare=False)
     [parallel] = _top_loops(script)
     assert "T.parallel(" in parallel
     assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", script)

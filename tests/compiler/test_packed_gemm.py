@@ -1,6 +1,6 @@
-"""Pointwise convs as GEMMs over packed weights (compiler/lowering/packed_gemm.py) and their CPU
-schedule (compiler/targets/cpu_gemm.py): which convs are taken, the packed layout, the register
-tile, padded positions, and that the library computes what ONNX Runtime does."""
+"""Pointwise convs and dense layers as GEMMs over packed weights (compiler/lowering/packed_gemm.py)
+and their CPU schedule (compiler/targets/cpu_gemm.py): which ops are taken, the packed layout, the
+register tile, padded positions, and that the library computes what ONNX Runtime does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from convnets import conv_net
+from convnets import conv_net, save_graph
+from onnx import helper, numpy_helper
 
 from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, pack
 from edgecam.compiler.targets.base import create_target
@@ -132,6 +133,36 @@ def test_the_library_matches_onnxruntime(
     path = conv_net(tmp_path / "m.onnx", channels, size, outputs, epilogue, batch)
     assert COMPUTE in _prepared(path)
     x = np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    executable = _x86().build(_relax(path))
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def _dense(path: Path, batch: int, inputs: int, outputs: int) -> Path:
+    """ONNX Gemm (transB, as PyTorch exports a Linear) with bias, then ReLU."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((outputs, inputs)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+        helper.make_node("Relu", ["g"], ["y"]),
+    ]
+    return save_graph(path, nodes, [batch, inputs], [batch, outputs], inits)
+
+
+@pytest.mark.parametrize(("batch", "inputs", "outputs"), [(1, 96, 1000), (3, 64, 40)])
+def test_a_dense_layer_is_a_packed_gemm_too(tmp_path: Path, batch: int, inputs: int, outputs: int) -> None:
+    # At batch 1 a GEMV: one row, a tile of 5 vectors of the 1000 outputs, whose weights each stream
+    # from one contiguous run.
+    import tvm
+    from tvm import relax
+
+    path = _dense(tmp_path / "dense.onnx", batch, inputs, outputs)
+    assert "R.matmul" not in _prepared(path) and f"R.call_tir({COMPUTE}," in _prepared(path)
+    x = np.random.default_rng(1).standard_normal((batch, inputs)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     executable = _x86().build(_relax(path))
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
