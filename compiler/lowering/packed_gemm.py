@@ -142,7 +142,7 @@ def gemm(data: Any, packed: Any, tile_positions: int) -> Any:
 
     def position(row: Any) -> list[Any]:
         """`row`'s index into the leading axes (the last position for rows past it)."""
-        rest, index = tirx.min(row, positions - 1), []
+        rest, index = tirx.min(row, positions - 1), list[Any]()
         for extent in reversed(leading):
             index.insert(0, rest % extent)
             rest = rest // extent
