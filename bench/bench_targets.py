@@ -215,7 +215,9 @@ def main() -> None:
             )
         print("  " + "  ".join(f"{k} {v:.2f}×" for k, v in entry["ratios"].items()))
     RESULTS.mkdir(exist_ok=True)
-    suffix = "" if args.mcpu == "portable" else f"-{args.mcpu}"
+    suffix = ("" if args.mcpu == "portable" else f"-{args.mcpu}") + (
+        "" if args.threads == 2 else f"-t{args.threads}"
+    )
     out = RESULTS / f"bench_targets-{day}-{host['host']}{suffix}.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")

@@ -12,9 +12,11 @@ then the databases shipped for the bundled models (edgecam/models/tuning, read-o
 
 A database only applies to the exact import + pipeline that produced it (MetaSchedule matches
 workloads by structural hash), so tuning and replay share `lower_for_tuning` below and TVM's
-`static_shape_tuning_pipeline`. A task the database holds no record for keeps TVM's default schedule
+`static_shape_tuning_pipeline`. A task the database holds no record for keeps the untuned schedule
 (the replay still builds; `tuned_tasks` says how many were replayed). Weights stay bound as
 constants; with `cpu_weight_prepack` the layout the tuned kernels want is folded into them at build time.
+On CPUs the first record of every task is edgecam's own untuned schedule, measured like any trial
+(compiler/tuning_defaults.py), so a replay is never slower than the untuned build.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecam.compiler.errors import InvalidOptionError
+from edgecam.compiler.tuning_defaults import seed_default_schedules
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +244,9 @@ def tune(
     builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S)
     with _noting_interrupts() as interrupted, _runner_threads(target):
         progress.stop = interrupted
+        runner = ms.runner.Runner.create(runner) if isinstance(runner, str) else runner
+        seeded = seed_default_schedules(tasks, target, database, builder, runner)
+        log.info("measured edgecam's untuned schedules of %d tasks first", seeded)
         try:
             ms.relax_integration.tune_relax(
                 lowered,

@@ -28,6 +28,7 @@ TOPI's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -50,28 +51,36 @@ class Tile:
     channels: int  # NR: output channels, whole vectors, and the weights' packed block
 
 
+@dataclass(frozen=True)
+class Window:
+    """A conv's window over its (NHWC) input; a dense layer has none."""
+
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+
+
 def pack_gemms(mod: Any, lanes: int) -> tuple[Any, int]:
-    """`mod` with its float 1×1 NHWC convs and dense layers as packed GEMMs, tiled for vectors of
-    `lanes` floats; and how many were rewritten."""
+    """`mod` with its float NHWC convs (groups 1) and dense layers as packed GEMMs, tiled for
+    vectors of `lanes` floats; and how many were rewritten."""
     from tvm import relax
 
     def packed(builder: Any, call: Any) -> Any:
-        weights = _pointwise_weights(call)
-        if weights is None:
-            weights = _dense_weights(call)
-        if weights is None:
+        found = _conv(call) or _dense(call)
+        if found is None:
             return None
-        positions = math.prod(int(d) for d in list(call.args[0].ty.shape)[:-1])
-        tile = choose_gemm_tile(positions, weights.shape[1], lanes)
+        weights, window = found
+        positions = math.prod(int(d) for d in list(call.ty.shape)[:-1])
+        tile = choose_gemm_tile(positions, weights.shape[-1], lanes)
         if tile is None:
             return None
-        return builder.call_te(
-            gemm, call.args[0], relax.const(pack(weights, tile)), tile.positions, primfunc_name_hint=COMPUTE
-        )
+        compute = functools.partial(gemm, tile_positions=tile.positions, window=window)
+        packed_weights = relax.const(pack(weights, tile))
+        return builder.call_te(compute, call.args[0], packed_weights, primfunc_name_hint=COMPUTE)
 
     mod, count = rewrite_calls(mod, packed)
     if count:
-        log.info("packed_gemm: %d pointwise convs and dense layers as GEMMs over packed weights", count)
+        log.info("packed_gemm: %d convs and dense layers as GEMMs over packed weights", count)
     return mod, count
 
 
@@ -83,14 +92,15 @@ def choose_gemm_tile(positions: int, outputs: int, lanes: int) -> Tile | None:
 
 
 def pack(weights: np.ndarray, tile: Tile) -> np.ndarray:
-    """[channels, outputs] → [outputs / NR, channels, NR]: each tile's weights contiguous."""
-    channels, outputs = weights.shape
-    blocks = weights.reshape(channels, outputs // tile.channels, tile.channels)
-    return np.ascontiguousarray(blocks.transpose(1, 0, 2))
+    """[..., channels, outputs] (HWIO, or a dense layer's [channels, outputs]) → [outputs / NR, ...,
+    channels, NR]: each tile's weights one contiguous run."""
+    *window, outputs = weights.shape
+    blocks = weights.reshape(*window, outputs // tile.channels, tile.channels)
+    return np.ascontiguousarray(np.moveaxis(blocks, -2, 0))
 
 
-def _pointwise_weights(call: Any) -> np.ndarray | None:
-    """The [channels, outputs] weights of a conv this rewrite takes, else None."""
+def _conv(call: Any) -> tuple[np.ndarray, Window] | None:
+    """The HWIO weights and the window of a float NHWC conv with constant weights, groups 1."""
     from tvm import ir
     from tvm.ir.expr import GenericConst
 
@@ -101,19 +111,18 @@ def _pointwise_weights(call: Any) -> np.ndarray | None:
     data, weight = call.args
     if layouts != ("NHWC", "HWIO", "NHWC") or int(attrs.groups) != 1 or str(call.ty.dtype) != "float32":
         return None
-    plain = all(int(s) == 1 for s in [*attrs.strides, *attrs.dilation]) and not any(
-        int(p) for p in attrs.padding
-    )
-    if not plain or str(data.ty.dtype) != "float32" or not isinstance(weight, GenericConst):
+    if str(data.ty.dtype) != "float32" or not isinstance(weight, GenericConst):
         return None
     values = weight.value.numpy()
-    if values.dtype != np.float32 or values.shape[:2] != (1, 1):
+    if values.dtype != np.float32:
         return None
-    return values[0, 0]
+    strides, dilation = (tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation))
+    padding = tuple(int(v) for v in attrs.padding)
+    return values, Window(strides, padding, dilation)  # type: ignore[arg-type]
 
 
-def _dense_weights(call: Any) -> np.ndarray | None:
-    """The [channels, outputs] weights of a float matmul by a constant 2-D matrix, else None."""
+def _dense(call: Any) -> tuple[np.ndarray, None] | None:
+    """The [channels, outputs] weights of a float matmul by a constant 2-D matrix."""
     from tvm import ir
     from tvm.ir.expr import GenericConst
 
@@ -125,43 +134,81 @@ def _dense_weights(call: Any) -> np.ndarray | None:
     if not isinstance(weight, GenericConst) or len(weight.value.shape) != 2:
         return None
     values = weight.value.numpy()
-    return values if values.dtype == np.float32 else None
+    return (values, None) if values.dtype == np.float32 else None
 
 
-def gemm(data: Any, packed: Any, tile_positions: int) -> Any:
-    """The TE compute: out[..., o] = Σ_c data[..., c] · w[o / NR, c, o % NR] (a conv's [n, y, x],
-    a dense layer's rows), as a GEMM over those positions rounded up to a multiple of
-    `tile_positions`: rows past the last repeat it."""
-    from tvm import te, tirx
+def gemm(data: Any, packed: Any, tile_positions: int, window: Window | None) -> Any:
+    """The TE compute: out[p, o] = Σ_(window, c) data[p + window, c] · w[o / NR, window, c, o % NR]
+    over the output positions p (a conv's [n, y, x], a dense layer's rows), as a GEMM whose rows are
+    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it."""
+    from tvm import te
 
-    *leading, channels = (int(d) for d in data.shape)
-    blocks, _, block = (int(d) for d in packed.shape)
+    blocks, *kernel, channels, block = (int(d) for d in packed.shape)
+    if window is None:
+        leading = [int(d) for d in data.shape[:-1]]
+        reduce = [te.reduce_axis((0, channels), "c")]
+
+        def read(position: list[Any], axes: list[Any]) -> Any:
+            return data[(*position, axes[0])]
+    else:
+        leading, data = _output_positions(data, kernel, window), _padded(data, window)
+        reduce = [te.reduce_axis((0, k), name) for k, name in zip(kernel, ("ky", "kx"), strict=True)]
+        reduce.append(te.reduce_axis((0, channels), "c"))
+
+        def read(position: list[Any], axes: list[Any]) -> Any:
+            n, y, x = position
+            ky, kx, c = axes
+            (sy, sx), (dy, dx) = window.strides, window.dilation
+            return data[n, y * sy + ky * dy, x * sx + kx * dx, c]
+
     positions = math.prod(leading)
     rows = -(-positions // tile_positions) * tile_positions
-    c = te.reduce_axis((0, channels), "c")
-
-    def position(row: Any) -> list[Any]:
-        """`row`'s index into the leading axes (the last position for rows past it)."""
-        rest, index = tirx.min(row, positions - 1), list[Any]()
-        for extent in reversed(leading):
-            index.insert(0, rest % extent)
-            rest = rest // extent
-        return index
-
-    def row(index: list[Any]) -> Any:
-        flat = index[0]
-        for i, extent in zip(index[1:], leading[1:], strict=True):
-            flat = flat * extent + i
-        return flat
-
     product = te.compute(
         (rows, blocks * block),
-        lambda r, o: te.sum(data[(*position(r), c)] * packed[o // block, c, o % block], axis=c),
+        lambda r, o: te.sum(
+            read(_unravel(r, leading), reduce) * packed[(o // block, *reduce, o % block)], axis=reduce
+        ),
         name=COMPUTE,
         attrs={TILE_ATTR: tile_positions},
     )
     return te.compute(
         (*leading, blocks * block),
-        lambda *index: product[row(list(index)[:-1]), list(index)[-1]],
+        lambda *index: product[_ravel(list(index)[:-1], leading), list(index)[-1]],
         name=f"{COMPUTE}_rows",
     )
+
+
+def _output_positions(data: Any, kernel: list[int], window: Window) -> list[int]:
+    batch, height, width, _ = (int(d) for d in data.shape)
+    top, left, bottom, right = window.padding
+    (sy, sx), (dy, dx) = window.strides, window.dilation
+    out_h = (height + top + bottom - dy * (kernel[0] - 1) - 1) // sy + 1
+    out_w = (width + left + right - dx * (kernel[1] - 1) - 1) // sx + 1
+    return [batch, out_h, out_w]
+
+
+def _padded(data: Any, window: Window) -> Any:
+    from tvm import topi
+
+    top, left, bottom, right = window.padding
+    if not any(window.padding):
+        return data
+    return topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], pad_value=0.0)
+
+
+def _unravel(row: Any, leading: list[int]) -> list[Any]:
+    """`row`'s index into the `leading` axes (the last position's for rows past it)."""
+    from tvm import tirx
+
+    rest, index = tirx.min(row, math.prod(leading) - 1), list[Any]()
+    for extent in reversed(leading):
+        index.insert(0, rest % extent)
+        rest = rest // extent
+    return index
+
+
+def _ravel(index: list[Any], leading: list[int]) -> Any:
+    flat = index[0]
+    for i, extent in zip(index[1:], leading[1:], strict=True):
+        flat = flat * extent + i
+    return flat

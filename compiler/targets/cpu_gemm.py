@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from edgecam.compiler.lowering.packed_gemm import COMPUTE, TILE_ATTR
-from edgecam.compiler.targets.cpu_schedules import CpuRule, in_vectors, one_reduction
+from edgecam.compiler.targets.cpu_schedules import CpuRule, in_vectors, one_reduction, pads_input
 from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
 
@@ -31,36 +31,52 @@ class PackedGemm(CpuRule):
         sch, infos = blocks
         if COMPUTE not in {str(sch.get(i.block_rv).name_hint) for i in infos}:
             return None
-        found = one_reduction(try_inline(sch, infos))
+        # A conv's padded input stays a block of its own, filled in parallel first: inlined, its
+        # padding would be a bounds check on every broadcast input value.
+        pads = [i for i in infos if not i.is_reduction() and pads_input(sch.get(i.block_rv))]
+        found = one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
         if found is None or not found[1]:
             return None
         reduction, [epilogue] = found
         block = sch.get(reduction.block_rv)
-        positions = int(block.annotations[TILE_ATTR])
-        weights = next(r.source for r in block.reads if len(r.source.shape) == 3)
-        channels, lanes = int(weights.shape[-1]), vector_lanes(target)
-        if channels % lanes:
+        spatial = [i for i in reduction.iters if i.kind == "S"]
+        weights = _read_along(block, spatial[-1].var)
+        lanes = vector_lanes(target)
+        if weights is None or int(weights.shape[-1]) % lanes:
             return None
+        channels = int(weights.shape[-1])
+        for pad in pads:
+            sch.parallel(sch.get_loops(pad.block_rv)[0])
         _positions_as_one_axis(sch, epilogue.block_rv)
 
-        *rows, output, reduce = sch.get_loops(reduction.block_rv)  # no row loop for a single row
-        output, output_tile = sch.split(output, [None, channels])
-        data = next(r.source for r in block.reads if r.source is not weights)
-        weights_larger = _elements(weights) > _elements(data)
+        loops = dict(zip(reduction.iters, sch.get_loops(reduction.block_rv), strict=True))
+        reduce = [loops[i] for i in reduction.iters if i.kind == "R"]
+        output, output_tile = sch.split(loops[spatial[-1]], [None, channels])
         leading, inner = [output], [output_tile]
-        if rows:
-            row, row_tile = sch.split(rows[0], [None, positions])
-            leading = [output, row] if weights_larger else [row, output]
+        if len(spatial) == 2:  # no row loop for a single row
+            row, row_tile = sch.split(loops[spatial[0]], [None, int(block.annotations[TILE_ATTR])])
+            data = next(r.source for r in block.reads if not r.source.same_as(weights))
+            leading = [output, row] if _elements(weights) > _elements(data) else [row, output]
             inner = [row_tile, output_tile]
             sch.unroll(row_tile)
-        sch.reorder(*leading, reduce, *inner)
+        sch.reorder(*leading, *reduce, *inner)
         outer = sch.fuse(*leading) if len(leading) > 1 else leading[0]
         sch.parallel(outer)
         sch.reverse_compute_at(epilogue.block_rv, outer)
         in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], lanes)
         in_vectors(sch, output_tile, lanes)
-        sch.decompose_reduction(reduction.block_rv, reduce)
+        sch.decompose_reduction(reduction.block_rv, reduce[0])
         return sch
+
+
+def _read_along(block: Any, output: Any) -> Any:
+    """The buffer `block` reads along its output channels (the packed weights), or None."""
+    from tvm.tirx.analysis import undefined_vars
+
+    for read in block.reads:
+        if any(v.same_as(output) for r in read.region for v in undefined_vars(r.min)):
+            return read.source
+    return None
 
 
 def _elements(buffer: Any) -> int:

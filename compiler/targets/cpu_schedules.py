@@ -49,9 +49,15 @@ def schedule_passes() -> list[Any]:
     RegisterTiles, other reductions (depthwise convs) with ParallelRows."""
     from tvm.s_tir import dlight as dl
 
+    return [dl.ApplyDefaultSchedule(*schedule_rules())]
+
+
+def schedule_rules() -> list[Any]:
+    """edgecam's CPU schedule rules, the first that takes a kernel wins (also what `edgecam tune`
+    measures first for each task, compiler/tuning_defaults.py)."""
     from edgecam.compiler.targets.cpu_gemm import PackedGemm
 
-    return [dl.ApplyDefaultSchedule(PackedGemm(), RegisterTiles(), ParallelRows())]
+    return [PackedGemm(), RegisterTiles(), ParallelRows()]
 
 
 def _rule_base() -> type:
@@ -156,7 +162,9 @@ class RegisterTiles(CpuRule):
         # much as the conv, each input value being read by only a few multiply-adds.
         window_only = any(i.is_reduction() and sum(it.kind == "R" for it in i.iters) < 3 for i in infos)
         pads = (
-            [] if window_only else [i for i in infos if not i.is_reduction() and _pads(sch.get(i.block_rv))]
+            []
+            if window_only
+            else [i for i in infos if not i.is_reduction() and pads_input(sch.get(i.block_rv))]
         )
         found = one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
         if found is None:
@@ -257,7 +265,7 @@ def in_vectors(sch: Any, loop: Any, lanes: int) -> None:
     sch.unroll(vectors)
 
 
-def _pads(block: Any) -> bool:
+def pads_input(block: Any) -> bool:
     """Whether a block writes a larger buffer than the one it reads (a padding copy)."""
     if len(block.reads) != 1 or len(block.writes) != 1:
         return False

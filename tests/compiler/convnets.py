@@ -94,8 +94,12 @@ def conv_net(
     kernel, group = conv.get("kernel_shape", [1, 1]), conv.get("group", 1)
     weight = rng.standard_normal((outputs, channels // group, *kernel)).astype(np.float32) * 0.1
     inits = [numpy_helper.from_array(weight, "w")]
-    stride = conv.get("strides", [1, 1])[0]
-    out_size = (size + sum(conv.get("pads", [0, 0, 0, 0])[::2]) - kernel[0]) // stride + 1
+    strides, dilations = conv.get("strides", [1, 1]), conv.get("dilations", [1, 1])
+    pads = conv.get("pads", [0, 0, 0, 0])
+    out = [
+        (size + pads[axis] + pads[axis + 2] - dilations[axis] * (kernel[axis] - 1) - 1) // strides[axis] + 1
+        for axis in (0, 1)
+    ]
     if epilogue == "none":
         nodes = [helper.make_node("Conv", ["x", "w"], ["y"], **conv)]
     else:
@@ -109,5 +113,5 @@ def conv_net(
             nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
         else:
             nodes.append(helper.make_node("Add", ["c", "x"], ["y"]))
-    shape_in, shape_out = [batch, channels, size, size], [batch, outputs, out_size, out_size]
+    shape_in, shape_out = [batch, channels, size, size], [batch, outputs, *out]
     return save_graph(path, nodes, shape_in, shape_out, inits)

@@ -7,20 +7,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from convnets import conv_net, save_graph
 from onnx import helper, numpy_helper
-
-from edgecam.compiler.targets.base import create_target
-
-
-def _x86() -> Any:
-    return create_target("x86_64", mcpu="x86-64-v3")  # AVX2: 8 float lanes, 12 accumulators
+from x86_kernels import build, kernel
 
 
 def _net(
@@ -37,19 +30,10 @@ def _net(
     return conv_net(path, channels, size, outputs, epilogue, **conv)
 
 
-def _relax(path: Path) -> Any:
-    from tvm.relax.frontend.onnx import from_onnx
-
-    return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
-
-
 def _kernel(path: Path) -> str:
-    target = _x86()
-    tvm_target = target.tvm_target()
-    with tvm_target:
-        module = target.pipeline(tvm_target)(target.prepare(_relax(path)))
-    [script] = [f.script() for gv, f in module.functions.items() if "conv2d" in gv.name_hint]
-    return str(script)
+    # Channels-last alone: prepared, these float convs would be packed GEMMs (test_packed_gemm.py);
+    # RegisterTiles schedules the convs those do not take, such as int8 ones on CPUs without VNNI.
+    return kernel(path, "conv2d", start="channels_last")
 
 
 def test_a_full_conv_on_a_7x7_map_tiles_positions_across_rows(tmp_path: Path) -> None:
@@ -99,6 +83,6 @@ def test_the_library_matches_onnxruntime(
     assert f"T.int64({out * out})" in _kernel(path)  # rows and columns are one axis of positions
     x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    executable = _x86().build(_relax(path))
+    executable = build(path, start="channels_last")
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from convnets import save_graph
 from onnx import helper, numpy_helper
+from x86_kernels import build, kernel, relax_module
 
 from edgecam.compiler.targets.base import create_target
 from edgecam.compiler.targets.cpu_tiles import MIN_ROW, choose_tile, vector_lanes
@@ -52,25 +51,8 @@ def _dense(path: Path, inputs: int, outputs: int) -> Path:
     return save_graph(path, nodes, [1, inputs], [1, outputs], inits)
 
 
-def _x86() -> Any:
-    return create_target("x86_64", mcpu="x86-64-v3")  # AVX2: 8 float lanes
-
-
-def _relax(path: Path) -> Any:
-    from tvm.relax.frontend.onnx import from_onnx
-
-    return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
-
-
-def _kernel(path: Path, name: str, prepare: bool = True) -> str:
-    """The scheduled TIR of the kernel whose name contains `name`, as `build` lowers it."""
-    target = _x86()
-    tvm_target = target.tvm_target()
-    module = _relax(path)
-    with tvm_target:
-        module = target.pipeline(tvm_target)(target.prepare(module) if prepare else module)
-    [script] = [f.script() for gv, f in module.functions.items() if name in gv.name_hint]
-    return str(script)
+def _kernel(path: Path, name: str, start: str = "channels_last") -> str:
+    return kernel(path, name, start)
 
 
 def _top_loops(script: str) -> list[str]:
@@ -82,7 +64,9 @@ def test_rows_no_vector_fills_run_in_parallel_with_the_row_innermost(tmp_path: P
     # NCHW (no channels-last rewrite) with 7-wide rows: no tile of whole vectors (8 or 4 lanes), so
     # RegisterTiles declines and ParallelRows takes the depthwise conv.
     channels, size = 8, 7
-    script = _kernel(_conv(tmp_path / "conv.onnx", channels, size, depthwise=True), "conv2d", prepare=False)
+    script = _kernel(
+        _conv(tmp_path / "conv.onnx", channels, size, depthwise=True), "conv2d", start="imported"
+    )
     # One loop at the top: batch × channel × output row, shared out over the thread pool ...
     assert _top_loops(script) == [f"for ax0_ax1_fused in T.parallel(T.int64({channels * size})):"]
     # ... inside it the 3×3 window, then the row's outputs innermost, where LLVM vectorizes; the
@@ -105,7 +89,7 @@ def test_a_channels_last_depthwise_conv_is_tiled_along_its_channels(tmp_path: Pa
 
 
 def test_a_kernel_with_short_rows_is_left_alone(tmp_path: Path) -> None:
-    script = _kernel(_conv(tmp_path / "conv.onnx", 8, MIN_ROW - 1), "conv2d", prepare=False)
+    script = _kernel(_conv(tmp_path / "conv.onnx", 8, MIN_ROW - 1), "conv2d", start="imported")
     assert "T.parallel(" not in script
 
 
@@ -142,8 +126,8 @@ def test_a_full_conv_reads_a_padded_copy_of_its_input(tmp_path: Path) -> None:
 
 
 def test_a_dense_layer_at_batch_1_is_tiled_along_its_outputs(tmp_path: Path) -> None:
-    # Unprepared: a float model's dense layers are packed GEMMs after `prepare` (test_packed_gemm.py).
-    script = _kernel(_dense(tmp_path / "dense.onnx", 96, 1000), "matmul", prepare=False)
+    # As imported: prepared, a float model's dense layers are packed GEMMs (test_packed_gemm.py).
+    script = _kernel(_dense(tmp_path / "dense.onnx", 96, 1000), "matmul", start="imported")
     [parallel] = _top_loops(script)
     assert "T.parallel(" in parallel
     assert re.search(r"for \w+ in T\.vectorized\(T\.int64\(8\)\):", script)
@@ -188,21 +172,20 @@ def test_relu6_and_convs_stay_channels_last_between_the_model_edges(tmp_path: Pa
         numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
     ]
     path = save_graph(tmp_path / "net.onnx", nodes, [1, 8, 7, 7], [1, 8, 7, 7], inits)
-    prepared = _x86().prepare(_relax(path))
-    text = prepared["main"].script()
+    text = relax_module(path)["main"].script()
     assert text.count("R.permute_dims(") + text.count("R.layout_transform(") == 2
-    # The 3×3 conv in NHWC/HWIO; the 1×1 one a GEMM over packed weights (test_packed_gemm.py).
-    assert text.count('data_layout="NHWC"') == 1 and text.count('kernel_layout="HWIO"') == 1
-    assert text.count("R.call_tir(packed_gemm,") == 1
+    # Both convs are GEMMs over packed weights (test_packed_gemm.py) between the edges.
+    assert len(re.findall(r"R\.call_tir\(packed_gemm\d*,", text)) == 2
     assert "R.call_tir(maximum" not in text  # Clip's TE max/min became relax.maximum/minimum
     assert "R.call_tir(minimum" not in text
 
 
+@pytest.mark.parametrize("start", ["channels_last", "prepared"])
 @pytest.mark.parametrize(
     "model",
     ["full", "depthwise", "pointwise-7x7", "pointwise-14x14-stride", "dense"],
 )
-def test_the_scheduled_library_matches_onnxruntime(tmp_path: Path, model: str) -> None:
+def test_the_scheduled_library_matches_onnxruntime(tmp_path: Path, model: str, start: str) -> None:
     import tvm
     from tvm import relax
 
@@ -218,6 +201,6 @@ def test_the_scheduled_library_matches_onnxruntime(tmp_path: Path, model: str) -
         path, shape = _conv(tmp_path / "m.onnx", 48, 14, kernel=1), (1, 48, 14, 14)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    executable = _x86().build(_relax(path))
+    executable = build(path, start)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

@@ -9,45 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from convnets import conv_net, save_graph
 from onnx import helper, numpy_helper
+from x86_kernels import build, kernel, relax_module
 
 from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, pack
-from edgecam.compiler.targets.base import create_target
-
-
-def _x86() -> Any:
-    return create_target("x86_64", mcpu="x86-64-v3")  # AVX2: 8 float lanes
-
-
-def _relax(path: Path) -> Any:
-    from tvm.relax.frontend.onnx import from_onnx
-
-    return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
 
 
 def _prepared(path: Path) -> str:
-    return str(_x86().prepare(_relax(path))["main"].script())
-
-
-def _kernel(path: Path) -> str:
-    target = _x86()
-    tvm_target = target.tvm_target()
-    with tvm_target:
-        module = target.pipeline(tvm_target)(target.prepare(_relax(path)))
-    [script] = [f.script() for gv, f in module.functions.items() if COMPUTE in gv.name_hint]
-    return str(script)
+    return str(relax_module(path)["main"].script())
 
 
 def test_a_pointwise_conv_becomes_a_gemm_over_packed_weights(tmp_path: Path) -> None:
-    module = _x86().prepare(_relax(conv_net(tmp_path / "m.onnx", 160, 7, 96)))
+    module = relax_module(conv_net(tmp_path / "m.onnx", 160, 7, 96))
     text = str(module["main"].script())
     assert "R.nn.conv2d" not in text and f"R.call_tir({COMPUTE}," in text
-    # 96 outputs in blocks of 16 (2 AVX2 vectors): [96 / 16, 160 channels, 16].
-    assert [c.shape for c in _constants(module) if c.ndim == 3] == [(6, 160, 16)]
+    # 96 outputs in blocks of 16 (2 AVX2 vectors): [96 / 16, 1, 1, 160 channels, 16].
+    assert [c.shape for c in _constants(module) if c.ndim == 5] == [(6, 1, 1, 160, 16)]
 
 
 def _constants(module: Any) -> list[np.ndarray]:
@@ -71,12 +51,17 @@ def _constants(module: Any) -> list[np.ndarray]:
     "conv",
     [
         {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},  # a full conv
-        {"strides": [2, 2]},  # strided: its positions are not the input's
-        {"group": 8},  # grouped
+        {"kernel_shape": [3, 3], "strides": [2, 2], "dilations": [2, 2]},
+        {"strides": [2, 2]},
     ],
 )
-def test_other_convs_keep_topis_conv(tmp_path: Path, conv: dict[str, Any]) -> None:
+def test_full_and_strided_convs_are_packed_gemms_too(tmp_path: Path, conv: dict[str, Any]) -> None:
     text = _prepared(conv_net(tmp_path / "m.onnx", 16, 8, 16, **conv))
+    assert "R.nn.conv2d" not in text and f"R.call_tir({COMPUTE}," in text
+
+
+def test_grouped_convs_keep_topis_conv(tmp_path: Path) -> None:
+    text = _prepared(conv_net(tmp_path / "m.onnx", 16, 8, 16, group=8))
     assert "R.nn.conv2d" in text and COMPUTE not in text
 
 
@@ -86,6 +71,11 @@ def test_packing_puts_each_tiles_weights_in_one_run() -> None:
     assert packed.shape == (2, 5, 16) and packed.flags.c_contiguous
     for o in range(32):
         np.testing.assert_array_equal(packed[o // 16, :, o % 16], weights[:, o])
+    hwio = np.arange(3 * 3 * 5 * 48, dtype=np.float32).reshape(3, 3, 5, 48)  # a conv's
+    packed = pack(hwio, Tile(positions=4, channels=24))
+    assert packed.shape == (2, 3, 3, 5, 24)
+    for o in range(48):
+        np.testing.assert_array_equal(packed[o // 24, ..., o % 24], hwio[..., o])
 
 
 @pytest.mark.parametrize(
@@ -101,7 +91,7 @@ def test_the_tile(positions: int, outputs: int, tile: Tile) -> None:
 
 
 def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: Path) -> None:
-    script = _kernel(conv_net(tmp_path / "m.onnx", 160, 7, 96))
+    script = kernel(conv_net(tmp_path / "m.onnx", 160, 7, 96), COMPUTE)
     # 50 rows: the 50th repeats the 49th (its index clamped), no copy of the input.
     assert "T.sblock_alloc_buffer((T.int64(50), T.int64(96)))" in script
     assert "T.min(" in script and "T.if_then_else" not in script
@@ -114,27 +104,38 @@ def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("channels", "size", "outputs", "epilogue", "batch"),
+    ("channels", "size", "outputs", "epilogue", "batch", "conv"),
     [
-        (160, 7, 96, "relu6", 1),  # padded positions, bias + ReLU6
-        (96, 7, 96, "residual", 1),  # the epilogue reads a second input
-        (48, 7, 48, "none", 1),  # no epilogue but the reshape to rows
-        (48, 7, 40, "relu6", 1),  # not padded: 7 positions × 1 vector
-        (32, 14, 96, "relu6", 1),
-        (24, 6, 32, "relu6", 2),  # batch 2: the positions of both images are one axis
+        (160, 7, 96, "relu6", 1, None),  # padded positions, bias + ReLU6
+        (96, 7, 96, "residual", 1, None),  # the epilogue reads a second input
+        (48, 7, 48, "none", 1, None),  # no epilogue but the reshape to rows
+        (48, 7, 40, "relu6", 1, None),  # not padded: 7 positions × 1 vector
+        (32, 14, 96, "relu6", 1, None),
+        (24, 6, 32, "relu6", 2, None),  # batch 2: the positions of both images are one axis
+        (16, 14, 32, "relu6", 1, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+        (32, 7, 32, "residual", 1, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+        (3, 15, 32, "relu6", 1, {"kernel_shape": [3, 3], "pads": [0, 0, 1, 1], "strides": [2, 2]}),
+        (8, 11, 16, "none", 2, {"kernel_shape": [3, 3], "pads": [2, 1, 2, 1], "dilations": [2, 1]}),
+        (16, 14, 24, "relu6", 1, {"strides": [2, 2]}),
     ],
 )
 def test_the_library_matches_onnxruntime(
-    tmp_path: Path, channels: int, size: int, outputs: int, epilogue: str, batch: int
+    tmp_path: Path,
+    channels: int,
+    size: int,
+    outputs: int,
+    epilogue: str,
+    batch: int,
+    conv: dict[str, Any] | None,
 ) -> None:
     import tvm
     from tvm import relax
 
-    path = conv_net(tmp_path / "m.onnx", channels, size, outputs, epilogue, batch)
+    path = conv_net(tmp_path / "m.onnx", channels, size, outputs, epilogue, batch, **(conv or {}))
     assert COMPUTE in _prepared(path)
     x = np.random.default_rng(1).standard_normal((batch, channels, size, size)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    executable = _x86().build(_relax(path))
+    executable = build(path)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
@@ -164,6 +165,6 @@ def test_a_dense_layer_is_a_packed_gemm_too(tmp_path: Path, batch: int, inputs: 
     assert "R.matmul" not in _prepared(path) and f"R.call_tir({COMPUTE}," in _prepared(path)
     x = np.random.default_rng(1).standard_normal((batch, inputs)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    executable = _x86().build(_relax(path))
+    executable = build(path)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

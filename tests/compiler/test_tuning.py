@@ -209,6 +209,37 @@ def test_a_record_torn_by_a_kill_is_dropped_and_a_met_budget_measures_nothing(tm
     assert (database / tuning.RECORDS).read_text() == complete
 
 
+def test_tuning_measures_edgecams_own_schedules_first(convnet: Path, tmp_path: Path) -> None:
+    """Each task edgecam's CPU rules take gets their schedule as a measured record before the search
+    (compiler/tuning_defaults.py, which `tune` calls first): a replay can then never pick a slower
+    schedule than the untuned build has; a rerun does not measure them again."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecam.compiler.frontends.onnx import load_onnx, to_relax
+    from edgecam.compiler.tuning_defaults import default_schedule, seed_default_schedules
+
+    mod = create_target("x86_64", mcpu="x86-64-v3").prepare(to_relax(load_onnx(convnet)))
+    tasks = ms.relax_integration.extract_tasks(tuning.lower_for_tuning(mod, x86()), x86(), {})
+    database = tmp_path / "db"
+    database.mkdir()
+    builder = ms.builder.LocalBuilder(f_build=tuning.build_candidate, max_workers=1)
+    runner = ms.runner.Runner.create("local")
+
+    seeded = seed_default_schedules(tasks, x86(), database, builder, runner)
+
+    defaults = {t.task_name: default_schedule(t.dispatched[0], x86()) for t in tasks}
+    assert seeded == sum(d is not None for d in defaults.values()) >= 2  # the conv and the dense layer
+    records = ms.database.JSONDatabase(work_dir=str(database))
+    for task in tasks:
+        found = records.query_tuning_record(task.dispatched[0], x86(), task.task_name)
+        if defaults[task.task_name] is None:
+            assert found is None
+            continue
+        assert found is not None and str(found.trace) == str(defaults[task.task_name].trace)
+        assert found.run_secs and min(float(t) for t in found.run_secs) > 0
+    assert seed_default_schedules(tasks, x86(), database, builder, runner) == 0
+
+
 def test_tune_refuses_a_budget_below_one(tmp_path: Path) -> None:
     with pytest.raises(InvalidOptionError, match="trials"):
         tuning.tune(object(), x86(), tmp_path / "db", 0)
