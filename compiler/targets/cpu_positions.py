@@ -1,12 +1,13 @@
 """Fusing a channels-last conv's output rows and columns into one axis of positions, for RegisterTiles
-(compiler/targets/cpu_schedules.py).
+(compiler/targets/cpu_schedules.py): the convs no packed GEMM takes (compiler/lowering/packed_gemm.py),
+such as the integer convs of an int8 model on an x86 CPU without VNNI.
 
 A channels-last conv's register tile is a few output positions × a few vectors of output channels;
 each step broadcasts one input value per position. Along a single output row the tile can only take
 a divisor of the row's width: on a 7×7 map 1 or 7 positions, and 7 positions × 2 vectors overflows
-AVX2's 16 registers, so the tile was 1 position × 10 vectors, one load per multiply-add
-(MobileNetV2's 1×1 convs on 7×7 maps ran at 15-18 GMAC/s on a 2-core znver3, a quarter of what
-ONNX Runtime does with them). With rows and columns one axis, a tile takes positions across rows.
+AVX2's 16 registers, so the tile was 1 position × 10 vectors, one load per multiply-add (float 1×1
+convs on 7×7 maps ran at 15-18 GMAC/s on a 2-core znver3, a quarter of what ONNX Runtime does with
+them). With rows and columns one axis, a tile takes positions across rows.
 
 The fused axis has to be one axis in the buffer between the conv and its epilogue too: the epilogue
 is computed per tile, and a tile's positions that wrap a row span no rectangle of a [H, W] buffer.

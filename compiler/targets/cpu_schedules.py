@@ -1,21 +1,24 @@
 """The schedules edgecam adds to TVM's untuned pipeline for CPU targets (x86_64, aarch64).
 
 Untuned, TVM 0.27 lowers every fused kernel on a CPU as its naive loop nest: one thread, and for a
-convolution the kernel-window reduction innermost (3 iterations), which LLVM cannot vectorize. Two
-dlight rules take the reduction kernels, the first that applies wins:
+convolution the kernel-window reduction innermost (3 iterations), which LLVM cannot vectorize. Three
+dlight rules take the reduction kernels, the first that applies wins (`schedule_rules`):
 
-- `RegisterTiles`: GEMM-shaped kernels (dense layers, convolutions, channels-last after
-  compiler/lowering/channels_last.py) keep a tile of output channels × whole vectors of outputs in
-  registers for the whole reduction; int8 convs packed by compiler/lowering/int8_dot.py run each
-  16 × 4 step as one AVX-512 VNNI vpdpbusd.
+- `PackedGemm` (compiler/targets/cpu_gemm.py): the float convs and dense layers that
+  compiler/lowering/packed_gemm.py made GEMMs over packed weights, with the register tile it chose.
+- `RegisterTiles`: other GEMM-shaped kernels (depthwise convs, integer convs, anything not prepared)
+  keep a tile of output channels × whole vectors of outputs in registers for the whole reduction;
+  int8 convs packed by compiler/lowering/int8_dot.py run each 16 × 4 step as one AVX-512 VNNI
+  vpdpbusd.
 - `ParallelRows`: what RegisterTiles declines (rows that fill no whole vector, integer layers LLVM
-  vectorizes better itself): outer output loops in parallel on TVM's thread pool, the reduction
-  inside them and a row of the output innermost, where LLVM vectorizes it.
+  vectorizes better itself on ARM): outer output loops in parallel on TVM's thread pool, the
+  reduction inside them and a row of the output innermost, where LLVM vectorizes it.
 
-Measured untuned, 2 threads, medians (bench/README.md has the recorded runs): at x86-64-v3 on a busy
-znver3, ParallelRows alone took the bundled CNN 22.4 → 4.5 ms, MobileNetV2 209 → 68 ms; on a znver4
-(AVX-512), channels-last RegisterTiles took MobileNetV2 from ParallelRows' 35 ms to 9-12 ms and the
-bundled CNN to 0.5-0.7 ms.
+Measured untuned (bench/README.md has the recorded runs; TVM ran on one thread in all but the last,
+edgecam/tvm_threads.py): at x86-64-v3 on a busy znver3, ParallelRows alone took the bundled CNN
+22.4 → 4.5 ms, MobileNetV2 209 → 68 ms; on a znver4 (AVX-512), channels-last RegisterTiles took
+MobileNetV2 from ParallelRows' 35 ms to 9-12 ms; on a znver3 with both cores, packed GEMMs took it to
+0.92-0.96× ONNX Runtime's time.
 """
 
 from __future__ import annotations
