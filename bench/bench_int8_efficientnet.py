@@ -1,6 +1,7 @@
 """Benchmark: EfficientNet-Lite0 int8 (edgecam's `int8` pass) against fp32, under ONNX Runtime.
 
     .venv/bin/python bench/bench_int8_efficientnet.py [--runs 200] [--threads 2] [--weight-rounding adaround]
+        [--reduce-range]
 
 Applies models/efficientnet_lite0/recipes/int8.yaml (calibrated on OpenCV's sample photos) and
 measures, on the recipe's evaluation set (scikit-image photos + vtest.avi frames, no labels):
@@ -126,6 +127,12 @@ def main() -> None:
         default="recipe",
         help="override the recipe's int8 `weight_rounding` (the result file is then named for it)",
     )
+    parser.add_argument(
+        "--reduce-range",
+        action="store_true",
+        help="7-bit weights (the int8 pass's `reduce_range`: what x86 CPUs without VNNI compute fastest "
+        "exactly); the result file is then named for it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("edgecam.compiler.passes.adaround").setLevel(logging.INFO)  # a line per layer
@@ -142,7 +149,11 @@ def main() -> None:
     if not model_path.is_file():
         export.export(model_path)
     started = time.perf_counter()
-    options = {} if args.weight_rounding == "recipe" else {"weight_rounding": args.weight_rounding}
+    options: dict[str, Any] = {}
+    if args.weight_rounding != "recipe":
+        options["weight_rounding"] = args.weight_rounding
+    if args.reduce_range:
+        options["reduce_range"] = True
     run = apply_recipe(model_path, args.workdir / "int8-work", options=options)
     quantize_seconds = time.perf_counter() - started
     fp16 = (
@@ -176,7 +187,8 @@ def main() -> None:
     }
     report(record)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    variant = f"{args.weight_rounding}-" if options else ""
+    names = {"weight_rounding": args.weight_rounding, "reduce_range": "reduce-range"}
+    variant = "".join(f"{names[k]}-" for k in options)
     out = RESULTS / (
         f"bench_int8_efficientnet-{variant}{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
     )

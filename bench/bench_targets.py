@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/bench_targets.py [--models fashion_cnn mobilenet_v2 resnet18 efficientnet_lite0]
                                             [--runs 100] [--threads 2] [--no-int8] [--mcpu host]
+                                            [--reduce-range]
 
 For each model: ONNX Runtime (CPU provider, `--threads` intra-op threads, exact int8 kernels) and the
 edgecam artifact (`compile_model` for x86_64 at the portable level `edgecam demo` uses, or `--mcpu`:
 tuned when a tuning database for the model and level exists, else edgecam's untuned schedules; run
 through the camera's runtime)
-on the same input, fp32 and int8 (edgecam's `int8` pass, calibrated on real frames). Engines run
+on the same input, fp32 and int8 (edgecam's `int8` pass, calibrated on real frames; with
+`--reduce-range` its 7-bit weights, which x86 CPUs without VNNI compute with vpmaddubsw). Engines run
 interleaved in rounds so load hits them alike; median and p99 over `--runs`, GFLOP/s (2 × MACs /
 median) and its fraction of this CPU's theoretical peak. MobileNetV2 and ResNet-18 are built in code
 with random weights (bench/shapes.py); EfficientNet-Lite0 is used when exported to .cache/bench
@@ -74,18 +76,23 @@ def calibration(name: str, source: Any) -> list[dict[str, np.ndarray]]:
     return to_feeds(load_dataset(config), source.preprocessing, source.inputs[0].name)
 
 
-def int8_model(name: str, path: Path) -> Path:
+def int8_config(reduce_range: bool) -> dict[str, Any]:
+    return {"kind": "int8", "reduce_range": True} if reduce_range else {"kind": "int8"}
+
+
+def int8_model(name: str, path: Path, reduce_range: bool = False) -> Path:
     import onnx
 
     from edgecam.compiler.frontends.onnx import load_onnx
     from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
 
-    out = WORKDIR / f"{name}-int8.onnx"
+    out = WORKDIR / f"{name}-int8{'-rr' if reduce_range else ''}.onnx"
     if out.is_file():
         return out
     source = load_onnx(path)
     feeds = calibration(name, source)
-    result = create_pass(parse_pass_config({"kind": "int8"})).apply(source.proto, PassContext(feeds, WORKDIR))
+    int8 = create_pass(parse_pass_config(int8_config(reduce_range)))
+    result = int8.apply(source.proto, PassContext(feeds, WORKDIR))
     onnx.save(result.model, str(out))
     return out
 
@@ -145,7 +152,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, A
     options = target_options(args.mcpu)
     runners["edgecam_fp32"], builds["fp32"] = edgecam_runner(path, WORKDIR / f"{name}-fp32-artifact", options)
     if args.int8:
-        quantized = int8_model(name, path)
+        quantized = int8_model(name, path, args.reduce_range)
         runners["ort_int8"] = ort_runner(quantized, args.threads)
         print(f"{name}: compiling int8", flush=True)
         runners["edgecam_int8"], builds["int8"] = edgecam_runner(
@@ -188,6 +195,7 @@ def main() -> None:
     parser.add_argument(
         "--mcpu", default="portable", help="portable (the demo's level), host, or an LLVM CPU"
     )
+    parser.add_argument("--reduce-range", action="store_true", help="int8 with 7-bit weights")
     args = parser.parse_args()
     tvm_threads(args.threads)  # both engines compute with the same number of threads
 
@@ -204,6 +212,7 @@ def main() -> None:
         "peak_gflops": peak,
         "runs": args.runs,
         "mcpu": args.mcpu,
+        "int8_pass": int8_config(args.reduce_range),
         "models": models,
     }
     print(f"\ntheoretical fp32 peak of {args.threads} cores: {peak:.0f} GFLOP/s")
@@ -215,8 +224,10 @@ def main() -> None:
             )
         print("  " + "  ".join(f"{k} {v:.2f}×" for k, v in entry["ratios"].items()))
     RESULTS.mkdir(exist_ok=True)
-    suffix = ("" if args.mcpu == "portable" else f"-{args.mcpu}") + (
-        "" if args.threads == 2 else f"-t{args.threads}"
+    suffix = (
+        ("" if args.mcpu == "portable" else f"-{args.mcpu}")
+        + ("" if args.threads == 2 else f"-t{args.threads}")
+        + ("-rr" if args.reduce_range else "")
     )
     out = RESULTS / f"bench_targets-{day}-{host['host']}{suffix}.json"
     out.write_text(json.dumps(record, indent=1))

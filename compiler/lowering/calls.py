@@ -1,5 +1,5 @@
 """One way to rewrite calls of a Relax module, for the lowering rewrites that replace an op by a TE
-compute of their own (int8_dot.py, packed_gemm.py)."""
+compute of their own (packed_gemm.py)."""
 
 from __future__ import annotations
 

@@ -21,9 +21,16 @@ A dense layer at batch 1 (a classifier) is a GEMM of one row: its weights, megab
 frame, stream from one contiguous run per tile (MobileNetV2's 1280 → 1000 classifier, one znver3
 core: 0.53 → 0.35 ms; ONNX Runtime 0.44 ms).
 
-Taken: float32 NHWC/HWIO conv2d with 1×1 constant weights, stride 1, no padding or dilation, groups
-1; float32 matmul by a constant 2-D matrix; where a tile's channels divide the outputs. Others keep
-TOPI's.
+Integer layers (compiler/lowering/qdq_to_integer.py: uint8 activations × int8 weights into int32)
+are GEMMs the same way where the target names a `Dot`, an instruction that adds `group` products of
+consecutive input channels into each int32 lane (x86: compiler/targets/x86_dots.py): the weights are
+packed [outputs / NR, (KH, KW,) channels / group, NR, group], so that one step's weights for a vector
+of lanes are one contiguous load and its `group` input values one broadcast; the input's channels
+are padded to a multiple of `group` (zero weights meet them).
+
+Taken: NHWC/HWIO conv2d with constant weights, groups 1, and matmul by a constant 2-D matrix,
+float32 (or uint8 × int8 → int32 with a `Dot` whose weight bound the weights keep); where a tile's
+channels divide the outputs. Others keep TOPI's.
 """
 
 from __future__ import annotations
@@ -31,24 +38,45 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgecam.compiler.lowering.calls import rewrite_calls
-from edgecam.compiler.targets.cpu_tiles import ACCUMULATOR_BUDGET, choose_tile
+from edgecam.compiler.targets.cpu_tiles import ACCUMULATOR_BUDGET, DOT_COSTS, GEMM_COSTS, choose_tile
 
 log = logging.getLogger(__name__)
 
 COMPUTE = "packed_gemm"  # the GEMM's TE compute and block name, which cpu_gemm.py schedules
 TILE_ATTR = "edgecam.tile_positions"  # block annotation: positions per register tile (MR)
+DOT_ATTR = "edgecam.dot"  # block annotation of an integer GEMM: its Dot's tensor intrinsic
 
 
 @dataclass(frozen=True)
 class Tile:
     positions: int  # MR: broadcast input values per step, one per output position
     channels: int  # NR: output channels, whole vectors, and the weights' packed block
+
+
+@dataclass(frozen=True)
+class Dot:
+    """An integer dot-product step a CPU target computes in one go (TVM tensor intrinsic `intrinsic`):
+    `lanes` int32 sums, each adding `group` products of uint8 inputs (consecutive channels, the same
+    for every lane) by `weight_dtype` weights (int8 ones widened at compile time where that is
+    int16), exact only while every |weight| ≤ `max_weight`; a register tile's sums may take
+    `accumulators` vector registers."""
+
+    intrinsic: str
+    lanes: int
+    group: int
+    weight_dtype: str
+    max_weight: int
+    accumulators: int
+
+    def fits(self, weights: np.ndarray) -> bool:
+        return bool(np.abs(weights.astype(np.int32)).max(initial=0) <= self.max_weight)
 
 
 @dataclass(frozen=True)
@@ -60,9 +88,10 @@ class Window:
     dilation: tuple[int, int]
 
 
-def pack_gemms(mod: Any, lanes: int) -> tuple[Any, int]:
+def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int]:
     """`mod` with its float NHWC convs (groups 1) and dense layers as packed GEMMs, tiled for
-    vectors of `lanes` floats; and how many were rewritten."""
+    vectors of `lanes` floats, and its integer ones where one of `dots` (the first that fits their
+    weights) computes them; and how many were rewritten."""
     from tvm import relax
 
     def packed(builder: Any, call: Any) -> Any:
@@ -70,12 +99,17 @@ def pack_gemms(mod: Any, lanes: int) -> tuple[Any, int]:
         if found is None:
             return None
         weights, window = found
+        dot = None
+        if weights.dtype == np.int8:
+            dot = next((d for d in dots if d.fits(weights)), None)
+            if dot is None:
+                return None
         positions = math.prod(int(d) for d in list(call.ty.shape)[:-1])
-        tile = choose_gemm_tile(positions, weights.shape[-1], lanes)
+        tile = choose_gemm_tile(positions, weights.shape[-1], lanes, dot)
         if tile is None:
             return None
-        compute = functools.partial(gemm, tile_positions=tile.positions, window=window)
-        packed_weights = relax.const(pack(weights, tile))
+        compute = functools.partial(gemm, tile_positions=tile.positions, window=window, dot=dot)
+        packed_weights = relax.const(pack(weights, tile, dot))
         return builder.call_te(compute, call.args[0], packed_weights, primfunc_name_hint=COMPUTE)
 
     mod, count = rewrite_calls(mod, packed)
@@ -84,23 +118,36 @@ def pack_gemms(mod: Any, lanes: int) -> tuple[Any, int]:
     return mod, count
 
 
-def choose_gemm_tile(positions: int, outputs: int, lanes: int) -> Tile | None:
+def choose_gemm_tile(positions: int, outputs: int, lanes: int, dot: Dot | None = None) -> Tile | None:
     """The register tile of a GEMM of `positions` rows and `outputs` columns (cpu_tiles.choose_tile,
-    positions paddable)."""
-    tile = choose_tile(outputs, 1, positions, lanes, ACCUMULATOR_BUDGET[lanes], paddable=True)
+    positions paddable), in vectors of `lanes` floats or of `dot`'s lanes."""
+    if dot is not None:
+        tile = choose_tile(outputs, 1, positions, dot.lanes, dot.accumulators, True, DOT_COSTS)
+    else:
+        tile = choose_tile(outputs, 1, positions, lanes, ACCUMULATOR_BUDGET[lanes], True, GEMM_COSTS)
     return Tile(positions=tile[1], channels=tile[0]) if tile else None
 
 
-def pack(weights: np.ndarray, tile: Tile) -> np.ndarray:
+def pack(weights: np.ndarray, tile: Tile, dot: Dot | None = None) -> np.ndarray:
     """[..., channels, outputs] (HWIO, or a dense layer's [channels, outputs]) → [outputs / NR, ...,
-    channels, NR]: each tile's weights one contiguous run."""
-    *window, outputs = weights.shape
-    blocks = weights.reshape(*window, outputs // tile.channels, tile.channels)
+    channels, NR]: each tile's weights one contiguous run; for a `dot`, [outputs / NR, ...,
+    channels / group, NR, group] in its weight type, channels padded with zero weights."""
+    *window, channels, outputs = weights.shape
+    if dot is not None:
+        groups = -(-channels // dot.group)
+        padding = [(0, 0)] * len(window) + [(0, groups * dot.group - channels), (0, 0)]
+        weights = np.pad(weights, padding).astype(dot.weight_dtype)
+        weights = weights.reshape(*window, groups, dot.group, outputs)
+        weights = np.moveaxis(weights, -2, -1)  # [..., groups, outputs, group]
+        blocks = weights.reshape(*window, groups, outputs // tile.channels, tile.channels, dot.group)
+        return np.ascontiguousarray(np.moveaxis(blocks, -3, 0))
+    blocks = weights.reshape(*window, channels, outputs // tile.channels, tile.channels)
     return np.ascontiguousarray(np.moveaxis(blocks, -2, 0))
 
 
 def _conv(call: Any) -> tuple[np.ndarray, Window] | None:
-    """The HWIO weights and the window of a float NHWC conv with constant weights, groups 1."""
+    """The HWIO weights and the window of a float (or uint8 × int8 → int32) NHWC conv with constant
+    weights, groups 1."""
     from tvm import ir
     from tvm.ir.expr import GenericConst
 
@@ -109,73 +156,96 @@ def _conv(call: Any) -> tuple[np.ndarray, Window] | None:
     attrs = call.attrs
     layouts = tuple(map(str, (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)))
     data, weight = call.args
-    if layouts != ("NHWC", "HWIO", "NHWC") or int(attrs.groups) != 1 or str(call.ty.dtype) != "float32":
+    if layouts != ("NHWC", "HWIO", "NHWC") or int(attrs.groups) != 1:
         return None
-    if str(data.ty.dtype) != "float32" or not isinstance(weight, GenericConst):
+    if not isinstance(weight, GenericConst) or not _typed(data, call, weight.value.numpy()):
         return None
     values = weight.value.numpy()
-    if values.dtype != np.float32:
-        return None
     strides, dilation = (tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation))
     padding = tuple(int(v) for v in attrs.padding)
     return values, Window(strides, padding, dilation)  # type: ignore[arg-type]
 
 
 def _dense(call: Any) -> tuple[np.ndarray, None] | None:
-    """The [channels, outputs] weights of a float matmul by a constant 2-D matrix."""
+    """The [channels, outputs] weights of a float (or uint8 × int8 → int32) matmul by a constant 2-D
+    matrix."""
     from tvm import ir
     from tvm.ir.expr import GenericConst
 
     if not isinstance(getattr(call, "op", None), ir.Op) or call.op.name != "relax.matmul":
         return None
     data, weight = call.args
-    if str(data.ty.dtype) != "float32" or str(call.ty.dtype) != "float32":
-        return None
     if not isinstance(weight, GenericConst) or len(weight.value.shape) != 2:
         return None
     values = weight.value.numpy()
-    return (values, None) if values.dtype == np.float32 else None
+    return (values, None) if _typed(data, call, values) else None
 
 
-def gemm(data: Any, packed: Any, tile_positions: int, window: Window | None) -> Any:
+def _typed(data: Any, call: Any, weights: np.ndarray) -> bool:
+    """Whether the layer is float32 throughout, or uint8 inputs × int8 weights into int32."""
+    types = (str(data.ty.dtype), weights.dtype, str(call.ty.dtype))
+    return types in (("float32", np.float32, "float32"), ("uint8", np.int8, "int32"))
+
+
+def gemm(data: Any, packed: Any, tile_positions: int, window: Window | None, dot: Dot | None = None) -> Any:
     """The TE compute: out[p, o] = Σ_(window, c) data[p + window, c] · w[o / NR, window, c, o % NR]
     over the output positions p (a conv's [n, y, x], a dense layer's rows), as a GEMM whose rows are
-    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it."""
+    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it.
+    With a `dot`, c runs as (c / group, c % group), the latter innermost in the weights, in int32."""
     from tvm import te
 
-    blocks, *kernel, channels, block = (int(d) for d in packed.shape)
+    blocks, *kernel, channels, block = (int(d) for d in packed.shape[: -1 if dot else None])
+    groups = [te.reduce_axis((0, dot.group), "g")] if dot else []
+    padded_channels = channels * dot.group if dot else None
     if window is None:
         leading = [int(d) for d in data.shape[:-1]]
-        reduce = [te.reduce_axis((0, channels), "c")]
+        data = _padded(data, Window((1, 1), (0, 0, 0, 0), (1, 1)), padded_channels)
+        reduce = [te.reduce_axis((0, channels), "c"), *groups]
 
         def read(position: list[Any], axes: list[Any]) -> Any:
-            return data[(*position, axes[0])]
+            return data[(*position, _channel(axes[0], axes[1:], dot))]
     else:
-        leading, data = _output_positions(data, kernel, window), _padded(data, window)
+        leading = _output_positions(data, kernel, window)
+        data = _padded(data, window, padded_channels)
         reduce = [te.reduce_axis((0, k), name) for k, name in zip(kernel, ("ky", "kx"), strict=True)]
-        reduce.append(te.reduce_axis((0, channels), "c"))
+        reduce += [te.reduce_axis((0, channels), "c"), *groups]
 
         def read(position: list[Any], axes: list[Any]) -> Any:
             n, y, x = position
-            ky, kx, c = axes
+            ky, kx, c, *group = axes
             (sy, sx), (dy, dx) = window.strides, window.dilation
-            return data[n, y * sy + ky * dy, x * sx + kx * dx, c]
+            return data[n, y * sy + ky * dy, x * sx + kx * dx, _channel(c, group, dot)]
+
+    def weight(o: Any) -> Any:
+        at = reduce[:-1] if dot else reduce
+        index = (o // block, *at, o % block, *(reduce[-1:] if dot else []))
+        return packed[index]
+
+    def product(position: list[Any], o: Any) -> Any:
+        if dot is None:
+            return read(position, reduce) * weight(o)
+        return read(position, reduce).astype("int32") * weight(o).astype("int32")
 
     positions = math.prod(leading)
     rows = -(-positions // tile_positions) * tile_positions
-    product = te.compute(
+    attrs: dict[str, Any] = {TILE_ATTR: tile_positions}
+    if dot is not None:
+        attrs[DOT_ATTR] = dot.intrinsic
+    sums = te.compute(
         (rows, blocks * block),
-        lambda r, o: te.sum(
-            read(_unravel(r, leading), reduce) * packed[(o // block, *reduce, o % block)], axis=reduce
-        ),
+        lambda r, o: te.sum(product(_unravel(r, leading), o), axis=reduce),
         name=COMPUTE,
-        attrs={TILE_ATTR: tile_positions},
+        attrs=attrs,
     )
     return te.compute(
         (*leading, blocks * block),
-        lambda *index: product[_ravel(list(index)[:-1], leading), list(index)[-1]],
+        lambda *index: sums[_ravel(list(index)[:-1], leading), list(index)[-1]],
         name=f"{COMPUTE}_rows",
     )
+
+
+def _channel(c: Any, group: list[Any], dot: Dot | None) -> Any:
+    return c * dot.group + group[0] if dot else c
 
 
 def _output_positions(data: Any, kernel: list[int], window: Window) -> list[int]:
@@ -187,13 +257,19 @@ def _output_positions(data: Any, kernel: list[int], window: Window) -> list[int]
     return [batch, out_h, out_w]
 
 
-def _padded(data: Any, window: Window) -> Any:
+def _padded(data: Any, window: Window, channels: int | None = None) -> Any:
+    """`data` padded by the window's padding (zeros) and, to `channels`, along its last axis."""
     from tvm import topi
 
-    top, left, bottom, right = window.padding
-    if not any(window.padding):
+    extra = channels - int(data.shape[-1]) if channels else 0
+    if not any(window.padding) and not extra:
         return data
-    return topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], pad_value=0.0)
+    top, left, bottom, right = window.padding
+    if len(data.shape) == 4:
+        before, after = [0, top, left, 0], [0, bottom, right, extra]
+    else:
+        before, after = [0] * len(data.shape), [0] * (len(data.shape) - 1) + [extra]
+    return topi.nn.pad(data, before, after, pad_value=0)
 
 
 def _unravel(row: Any, leading: list[int]) -> list[Any]:

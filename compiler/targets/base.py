@@ -11,12 +11,15 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgecam.compiler.artifact import TargetInfo
 from edgecam.compiler.errors import InvalidOptionError, UnknownTargetError
+
+if TYPE_CHECKING:
+    from edgecam.compiler.lowering.packed_gemm import Dot
 
 
 @dataclass(frozen=True)
@@ -92,26 +95,21 @@ class Target(abc.ABC):
         integer = self.integer_qdq and has_qdq(mod)
         if integer:
             mod = fold_qdq(mod)[0]
-        packs = integer and self.packs_int8_dots()
         if self.channels_last and (self.integer_channels_last or not integer):
             from edgecam.compiler.lowering.channels_last import to_channels_last
+            from edgecam.compiler.lowering.packed_gemm import pack_gemms
+            from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
             mod = to_channels_last(mod)
-            if not integer:
-                from edgecam.compiler.lowering.packed_gemm import pack_gemms
-                from edgecam.compiler.targets.cpu_tiles import vector_lanes
-
-                mod = pack_gemms(mod, vector_lanes(self.tvm_target()))[0]
-            if packs:
-                from edgecam.compiler.lowering import int8_dot
-
-                mod = int8_dot.pack_int8_convs(mod)[0]
+            dots = self.int8_dots() if integer else ()
+            mod = pack_gemms(mod, vector_lanes(self.tvm_target()), dots)[0]
         return mod
 
-    def packs_int8_dots(self) -> bool:
-        """Whether int8 convs become packed 4-byte dot products (compiler/lowering/int8_dot.py), which
-        this target's CPU schedule then computes with its dot-product instruction."""
-        return False
+    def int8_dots(self) -> tuple[Dot, ...]:
+        """The integer dot-product steps this target's CPU computes int8 GEMMs with
+        (compiler/lowering/packed_gemm.py), the fastest first; none: integer layers keep TOPI's
+        compute and RegisterTiles' or ParallelRows' schedule."""
+        return ()
 
     def build(self, mod: Any) -> Any:
         """Lower and compile a Relax module into an executable (`prepare`, then `pipeline`)."""

@@ -7,6 +7,10 @@ NR / lanes weight vectors read from one contiguous run. Tiles are shared out ove
 the larger operand's slice shared by a thread's consecutive tiles (it then stays in cache). The
 epilogue (the reshape back to rows and columns, bias, activation, residual add) runs on each tile
 while its sums are in registers, for the real positions only.
+
+An integer GEMM (DOT_ATTR) adds its products in dot-product steps, `group` input channels per lane
+(compiler/targets/x86_dots.py): those channels go innermost, under the tile, and each vector of the
+tile's output channels × those channels is one tensorized step.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgecam.compiler.lowering.packed_gemm import COMPUTE, TILE_ATTR
+from edgecam.compiler.lowering.packed_gemm import COMPUTE, DOT_ATTR, TILE_ATTR, Dot
+from edgecam.compiler.targets import x86_dots
 from edgecam.compiler.targets.cpu_schedules import CpuRule, in_vectors, one_reduction, pads_input
 from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
@@ -41,16 +46,18 @@ class PackedGemm(CpuRule):
         block = sch.get(reduction.block_rv)
         spatial = [i for i in reduction.iters if i.kind == "S"]
         weights = _read_along(block, spatial[-1].var)
-        lanes = vector_lanes(target)
-        if weights is None or int(weights.shape[-1]) % lanes:
+        dot = _dot(block)
+        lanes = dot.lanes if dot else vector_lanes(target)
+        if weights is None or int(weights.shape[-2 if dot else -1]) % lanes:
             return None
-        channels = int(weights.shape[-1])
+        channels = int(weights.shape[-2 if dot else -1])
         for pad in pads:
             sch.parallel(sch.get_loops(pad.block_rv)[0])
         _positions_as_one_axis(sch, epilogue.block_rv)
 
         loops = dict(zip(reduction.iters, sch.get_loops(reduction.block_rv), strict=True))
         reduce = [loops[i] for i in reduction.iters if i.kind == "R"]
+        group = reduce.pop() if dot else None
         output, output_tile = sch.split(loops[spatial[-1]], [None, channels])
         leading, inner = [output], [output_tile]
         if len(spatial) == 2:  # no row loop for a single row
@@ -59,14 +66,27 @@ class PackedGemm(CpuRule):
             leading = [output, row] if _elements(weights) > _elements(data) else [row, output]
             inner = [row_tile, output_tile]
             sch.unroll(row_tile)
-        sch.reorder(*leading, *reduce, *inner)
+        sch.reorder(*leading, *reduce, *inner, *([group] if group else []))
         outer = sch.fuse(*leading) if len(leading) > 1 else leading[0]
         sch.parallel(outer)
         sch.reverse_compute_at(epilogue.block_rv, outer)
-        in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], lanes)
-        in_vectors(sch, output_tile, lanes)
-        sch.decompose_reduction(reduction.block_rv, reduce[0])
+        in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], vector_lanes(target))
+        if dot is None:
+            in_vectors(sch, output_tile, lanes)
+            sch.decompose_reduction(reduction.block_rv, reduce[0])
+            return sch
+        vectors, lane = sch.split(output_tile, [None, lanes])
+        sch.unroll(vectors)
+        init = sch.decompose_reduction(reduction.block_rv, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(lane, x86_dots.register_intrinsic(dot.intrinsic))
         return sch
+
+
+def _dot(block: Any) -> Dot | None:
+    """The dot-product step an integer GEMM block is annotated with (None for a float one)."""
+    name = block.annotations.get(DOT_ATTR)
+    return next((d for d in x86_dots.DOTS if d.intrinsic == str(name)), None) if name else None
 
 
 def _read_along(block: Any, output: Any) -> Any:

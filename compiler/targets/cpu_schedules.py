@@ -6,10 +6,11 @@ dlight rules take the reduction kernels, the first that applies wins (`schedule_
 
 - `PackedGemm` (compiler/targets/cpu_gemm.py): the float convs and dense layers that
   compiler/lowering/packed_gemm.py made GEMMs over packed weights, with the register tile it chose.
-- `RegisterTiles`: other GEMM-shaped kernels (depthwise convs, integer convs, anything not prepared)
-  keep a tile of output channels × whole vectors of outputs in registers for the whole reduction;
-  int8 convs packed by compiler/lowering/int8_dot.py run each 16 × 4 step as one AVX-512 VNNI
-  vpdpbusd.
+- `PackedGemm` also takes the int8 convs and dense layers packed for the target's integer dot-product
+  step (compiler/targets/x86_dots.py: vpdpbusd, vpmaddubsw, vpmaddwd).
+- `RegisterTiles`: other GEMM-shaped kernels (depthwise convs, integer convs no dot step takes,
+  anything not prepared) keep a tile of output channels × whole vectors of outputs in registers for
+  the whole reduction.
 - `ParallelRows`: what RegisterTiles declines (rows that fill no whole vector, integer layers LLVM
   vectorizes better itself on ARM): outer output loops in parallel on TVM's thread pool, the
   reduction inside them and a row of the output innermost, where LLVM vectorizes it.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecam.compiler.lowering import int8_dot
 from edgecam.compiler.targets.cpu_positions import fuse_output_positions
 from edgecam.compiler.targets.cpu_tiles import MIN_ROW, GemmShape, vector_lanes
 
@@ -146,8 +146,8 @@ class RegisterTiles(CpuRule):
     depend on (a conv's output columns in NHWC, its output channels in NCHW); a depthwise conv's data
     depends on every axis, and its rows are output columns read once each. The output rows of a
     pointwise (1×1, stride 1) NCHW convolution are fused into one run of positions. Declined, for
-    ParallelRows: tiles that fill no whole vector, and integer kernels other than packed int8 dot
-    products (LLVM vectorizes ParallelRows' loop into widening multiply-adds itself).
+    ParallelRows: tiles that fill no whole vector, and integer kernels on ARM (LLVM vectorizes
+    ParallelRows' loop into widening multiply-adds itself).
     """
 
     def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
@@ -157,10 +157,8 @@ class RegisterTiles(CpuRule):
         if blocks is None:
             return None
         sch, infos = blocks
-        names = [sch.get(i.block_rv).name_hint for i in infos]
         # A padded input stays a buffer of its own (filled in parallel first): inlined, the padding
-        # is a bounds check on every broadcast input value; and a packed int8 conv's vpdpbusd reads
-        # 4 bytes at a time, which a condition per byte would prevent.
+        # is a bounds check on every broadcast input value.
         # Not for a depthwise conv (a reduction over its window only): there the copy would cost as
         # much as the conv, each input value being read by only a few multiply-adds.
         window_only = any(i.is_reduction() and sum(it.kind == "R" for it in i.iters) < 3 for i in infos)
@@ -174,23 +172,20 @@ class RegisterTiles(CpuRule):
             return None
         reduction, epilogue = found
         iters = reduction.iters
-        dot = int8_dot.COMPUTE in names
         reads_writes = sch.get(reduction.block_rv)
-        if not dot and str(reads_writes.writes[0].source.dtype) == "int32" and _is_arm(target):
+        if str(reads_writes.writes[0].source.dtype) == "int32" and _is_arm(target):
             # An integer conv on ARM (kept NCHW, Target.integer_channels_last): LLVM turns
             # ParallelRows' loop into widening multiply-adds (smlal, sdot), which a register tile
             # of int32 products loses.
             return None
-        if not dot and fuse_output_positions(sch, reduction, epilogue):
+        if fuse_output_positions(sch, reduction, epilogue):
             found = self._reread(sch, {sch.get(p.block_rv).name_hint for p in pads})
             if found is None:
                 return None
             reduction, epilogue = found
             iters, reads_writes = reduction.iters, sch.get(reduction.block_rv)
-        shape = GemmShape.of(reads_writes, iters, vector_lanes(target), packed=dot)
+        shape = GemmShape.of(reads_writes, iters, vector_lanes(target))
         if shape is None:
-            return None
-        if dot and (shape.lanes != int8_dot.LANES or not int8_dot.has_vnni(target)):
             return None
         for pad in pads:  # the padded input: its rows in parallel
             sch.parallel(sch.get_loops(pad.block_rv)[0])
@@ -215,10 +210,7 @@ class RegisterTiles(CpuRule):
         # input, and streaming them again for every tile of positions bounded those layers.
         leading = [position, *leading] if shape.vectors_larger else [*leading, position]
         reduce = [i.loop_rv for i in shape.reduce]
-        if dot:  # the 4 input channels one vpdpbusd sums go innermost, under the 16 output channels
-            sch.reorder(*leading, *reduce[:-1], *inner, reduce[-1])
-        else:
-            sch.reorder(*leading, *reduce, *inner)
+        sch.reorder(*leading, *reduce, *inner)
         outer = sch.fuse(*leading)
         sch.parallel(outer)
         # The accumulators: a tile-sized buffer allocated in the parallel loop (the consumer reads
@@ -231,15 +223,12 @@ class RegisterTiles(CpuRule):
         loops = sch.get_loops(consumer)[1:]
         positions = 2 if len(shape.positions) == 2 and shape.rows > 1 else 1
         in_vectors(sch, sch.fuse(*loops[-positions:]) if positions > 1 else loops[-1], shape.lanes)
+        for loop in loops[:-positions]:
+            # Left a loop, LLVM vectorizes it again across the tile's channels: for an int8 depthwise
+            # conv, 4-lane vectors 144 bytes apart stored byte by byte.
+            sch.unroll(loop)
         if channel_tile is not None:
             sch.unroll(channel_tile)
-        if dot:
-            vectors, lane = sch.split(tile, [None, int8_dot.LANES])
-            sch.unroll(vectors)
-            init = sch.decompose_reduction(block, reduce[0])
-            sch.vectorize(sch.get_loops(init)[-1])
-            sch.tensorize(lane, int8_dot.register_intrinsic())
-            return sch
         # Vectorized before the init is split off: the update alone is no reduction block, which
         # `vectorize` refuses; the init's loops are copied with their kinds.
         in_vectors(sch, tile, shape.lanes)

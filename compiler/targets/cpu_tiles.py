@@ -53,9 +53,8 @@ class GemmShape:
     vectors_larger: bool  # whether the operand read as vectors (B) has more elements than A
 
     @staticmethod
-    def of(block: Any, iters: list[Any], lanes: int, packed: bool = False) -> GemmShape | None:
-        """The GEMM reading of a reduction block, or None. `packed`: an int8_dot conv, whose weights'
-        innermost axis is the 4 input channels of a dot product, the output channels next to it."""
+    def of(block: Any, iters: list[Any], lanes: int) -> GemmShape | None:
+        """The GEMM reading of a reduction block, or None."""
         from tvm.tirx.analysis import undefined_vars
 
         spatial = [i for i in iters if i.kind == "S"]
@@ -69,7 +68,7 @@ class GemmShape:
 
         last = spatial[-1]
         data = [(r, region) for r, region in regions if uses(region, [last])]
-        if not data or last.dom < MIN_ROW or not all(_unit_stride(r, last, packed) for r, _ in data):
+        if not data or last.dom < MIN_ROW or not all(_unit_stride(r, last) for r, _ in data):
             return None
         fused = len(spatial) >= 2 and all(_whole_rows(r, spatial[-2:]) for r, _ in data)
         positions = spatial[-2:] if fused else [last]
@@ -82,11 +81,10 @@ class GemmShape:
         height, width = (positions[0].dom, positions[1].dom) if fused else (last.dom, 1)
         channels = channel.dom if channel else 1
         for vector in (lanes, lanes // 2):  # half-width vectors where no tile fills whole ones
-            # A packed int8 conv keeps the tiles it was measured with on a VNNI CPU (this scoring
-            # predates the loads-count-thrice one, which was measured on AVX2 only).
-            broadcast = bool(free) and not packed
+            broadcast = bool(free)
             budget = (ACCUMULATOR_BUDGET if broadcast else WINDOW_BUDGET)[lanes]
-            tile = choose_tile(height, width, channels, vector, budget, broadcast=broadcast)
+            costs = GEMM_COSTS if broadcast else WINDOW_COSTS
+            tile = choose_tile(height, width, channels, vector, budget, costs=costs)
             if tile is not None:
                 rows, tile_channels = tile
                 larger = _elements(r for r, _ in data) > _elements(
@@ -105,13 +103,13 @@ def choose_tile(
     lanes: int,
     budget: int,
     paddable: bool = False,
-    broadcast: bool = True,
+    costs: tuple[int, int] = (3, 1),
 ) -> tuple[int, int] | None:
     """(rows of `width` positions, channels) per tile: the tile whose accumulators (channels × whole
     vectors of `lanes`) fit `budget` registers and that does the most multiply-adds per load
-    (`_tile_score`); rows divide `height`, channels divide `channels` unless `paddable` and padding
-    pays. None when no row count makes whole vectors: LLVM spills odd-length vectors such as
-    <49 x float> on every use.
+    (`_tile_score`, each loaded vector and broadcast value weighted by `costs`); rows divide
+    `height`, channels divide `channels` unless `paddable` and padding pays. None when no row count
+    makes whole vectors: LLVM spills odd-length vectors such as <49 x float> on every use.
 
     Padding (the positions of a packed GEMM, compiler/lowering/packed_gemm.py) is for axes no tile
     wider than one vector divides (a 7×7 map's 49 positions: 1 or 7), and only when its best tile
@@ -126,7 +124,7 @@ def choose_tile(
             padded = -(-channels // count) * count
             if vectors * count > budget or padded > (channels * MAX_PADDING if paddable else channels):
                 continue
-            score = _tile_score(vectors, count, broadcast) * (channels / padded) ** 2
+            score = _tile_score(vectors, count, costs) * (channels / padded) ** 2
             entry = (score, vectors * count, vectors, (rows, count))
             if entry[:2] > best.get(padded > channels, (0.0, 0))[:2]:
                 best[padded > channels] = entry
@@ -136,26 +134,36 @@ def choose_tile(
     return plain[3] if plain else None
 
 
-def _tile_score(vectors: int, count: int, broadcast: bool) -> float:
-    """Multiply-adds per load of a tile of `count` channels × `vectors` vectors.
-
-    With `broadcast` (a GEMM: a value per channel is broadcast against each loaded vector) a loaded
-    vector counts three times: it comes from the larger operand (a conv's weights), from further
-    away than the broadcast values, and a 3-vector row of 96 bytes spans two cache lines half the
-    time. Measured on a znver3 (AVX2, one thread), 1×1 convs: on 14×14 maps 3 vectors × 4
-    positions ran 5-15% faster than 2 × 6; counted once, 1 × 10 won over 7 × 1 on a 7×7 map, which
-    then ran 1.8× slower. Without (a depthwise conv, whose channels are output columns that each
-    load their own input vectors) the score that served it before fused positions: once."""
-    return vectors * count / ((3 if broadcast else 1) * vectors + count)
+def _tile_score(vectors: int, count: int, costs: tuple[int, int]) -> float:
+    """Multiply-adds per load of a tile of `count` channels × `vectors` vectors, a loaded vector
+    and a broadcast value weighted by `costs`: GEMM_COSTS, WINDOW_COSTS or DOT_COSTS."""
+    load, broadcast = costs
+    return vectors * count / (load * vectors + broadcast * count)
 
 
-def _unit_stride(read: Any, position: Any, packed: bool) -> bool:
+# A float GEMM (a value per channel is broadcast against each loaded vector): a loaded vector counts
+# three times: it comes from the larger operand (a conv's weights), from further away than the
+# broadcast values, and a 3-vector row of 96 bytes spans two cache lines half the time. Measured on
+# a znver3 (AVX2, one thread), 1×1 convs: on 14×14 maps 3 vectors × 4 positions ran 5-15% faster
+# than 2 × 6; counted once, 1 × 10 won over 7 × 1 on a 7×7 map, which then ran 1.8× slower.
+GEMM_COSTS = (3, 1)
+# A depthwise conv, whose channels are output columns that each load their own input vectors: the
+# score that served it before fused positions.
+WINDOW_COSTS = (1, 1)
+# An integer dot-product step (compiler/targets/x86_dots.py): its weights are a quarter or half a
+# float's bytes, while each broadcast input is a load, a move to a vector register and a shuffle
+# (vpmovzxbw too for vpmaddwd). Measured on a znver3 core, 1×1 convs on a 14×14 map: 2 vectors of
+# 32 channels × 2 positions ran 1.6× (vpmaddubsw) and 1.5× (vpmaddwd) the speed of 2 × 16 × 4
+# positions on 96 → 576 channels, and as fast on 576 → 96.
+DOT_COSTS = (1, 3)
+
+
+def _unit_stride(read: Any, position: Any) -> bool:
     """Whether `read` walks its innermost dimension with the vectorized position, one element per
-    step (so a vector of positions is one contiguous load, not a gather); for `packed` weights, the
-    dimension next to the innermost."""
+    step (so a vector of positions is one contiguous load, not a gather)."""
     from tvm.sym.analyzer import Analyzer
 
-    index = read.region[-2 if packed and len(read.region) == 5 else -1].min
+    index = read.region[-1].min
     rest = Analyzer().simplify(index - position.var)
     return bool(any(v.same_as(position.var) for v in _vars(index))) and not any(
         v.same_as(position.var) for v in _vars(rest)

@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from edgecam.compiler.artifact import TargetInfo, host_cpu_features
 from edgecam.compiler.errors import UnknownTargetError
 from edgecam.compiler.targets.base import Target, TargetOptions, plain, register_target
+
+if TYPE_CHECKING:
+    from edgecam.compiler.lowering.packed_gemm import Dot
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +164,11 @@ class X86Target(Target):
             log.info("this host's CPU model implies %s, but the host lacks them: building without", hidden)
         return [f"-{to_llvm[flag]}" for flag in hidden]
 
-    def packs_int8_dots(self) -> bool:
-        """With AVX-512 VNNI: each 16 × 4 step of a packed int8 conv is one vpdpbusd."""
-        from edgecam.compiler.lowering import int8_dot
+    def int8_dots(self) -> tuple[Dot, ...]:
+        """vpdpbusd with AVX-512 VNNI; else vpmaddubsw (7-bit weights) or vpmaddwd on AVX2."""
+        from edgecam.compiler.targets import x86_dots
 
-        return int8_dot.has_vnni(self.tvm_target())
+        return x86_dots.target_dots(self.tvm_target())
 
     def info(self) -> TargetInfo:
         target = self.tvm_target()

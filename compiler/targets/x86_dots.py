@@ -1,0 +1,169 @@
+"""The integer dot-product steps of x86 CPUs, for the int8 GEMMs of compiler/lowering/packed_gemm.py.
+
+An int8 layer is a GEMM of uint8 activations by int8 weights into int32 sums. Each step below adds,
+for one vector of output channels, the products of a few consecutive input channels of one position
+(broadcast to every lane) by those channels' weights (one contiguous load of the packed weights):
+
+- `VPDPBUSD` (AVX-512 VNNI): 16 lanes × 4 uint8 × int8 products, one instruction.
+- `VPMADDUBSW` (AVX2): 8 lanes × 4 products: vpmaddubsw adds pairs of uint8 × int8 products into
+  int16, vpmaddwd adds pairs of those into int32. The int16 pair saturates unless
+  255 · (|w0| + |w1|) ≤ 32767, so only layers whose weights all keep |w| ≤ 64 take it (ONNX
+  Runtime's 7-bit `reduce_range` weights; the int8 pass's `reduce_range: true`).
+- `VPMADDWD` (AVX2): 8 lanes × 2 products, exact for any int8 weights: the two input bytes are
+  zero-extended to int16 (vpbroadcastw + vpmovzxbw), the weights are packed as int16, and vpmaddwd
+  adds the pair into int32.
+
+LLVM compiles the plain int32 loop with a widening multiply and an add per product; a znver3 core
+issues two vpmaddwd per cycle, so the two AVX2 steps can run at 2× and 4× the multiply-adds per
+instruction of a float FMA, and their weights are a quarter (int16: half) the bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecam.compiler.lowering.packed_gemm import Dot
+
+# AVX-512 has 32 vector registers; vpdpbusd accumulates in place.
+VPDPBUSD = Dot("edgecam_vpdpbusd_16x4", 16, 4, "int8", 128, 16)
+# AVX2 has 16: the step also needs the broadcast input, the products and (vpmaddubsw) a vector of ones.
+VPMADDUBSW = Dot("edgecam_vpmaddubsw_8x4", 8, 4, "int8", 64, 10)
+VPMADDWD = Dot("edgecam_vpmaddwd_8x2", 8, 2, "int16", 128, 10)
+DOTS = (VPDPBUSD, VPMADDUBSW, VPMADDWD)
+
+
+def target_dots(target: Any) -> tuple[Dot, ...]:
+    """The steps `target` (an x86 LLVM target) may use, the fastest first."""
+    from tvm.target import codegen
+
+    features = set(codegen.llvm_get_cpu_features(target))
+    if "avx512vnni" in features:
+        return (VPDPBUSD,)
+    return (VPMADDUBSW, VPMADDWD) if "avx2" in features else ()
+
+
+def register_intrinsic(name: str) -> str:
+    """Register the step `name` with TVM once (TVM's own x86 intrinsics module takes ~45 s to import,
+    for every target's intrinsics); returns `name`."""
+    from tvm.s_tir import TensorIntrin
+
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        [dot] = [d for d in DOTS if d.intrinsic == name]
+        TensorIntrin.register(name, _described(dot), _IMPLEMENTATIONS[name](dot))
+    return name
+
+
+def _described(dot: Dot) -> Any:
+    """What one step computes: `lanes` int32 sums, each += `group` uint8 × weight products. (TVMScript
+    buffer annotations are calls, which mypy cannot read as types.)"""
+    from tvm.script import tirx as T
+
+    lanes, group = dot.lanes, dot.group
+
+    @T.prim_func(s_tir=True)
+    def described(
+        a: T.Buffer((group,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+        b: T.Buffer((lanes, group), dot.weight_dtype, offset_factor=1),  # type: ignore[valid-type]
+        c: T.Buffer((lanes,), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            for lane, k in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vl, vk = T.axis.remap("SR", [lane, k])
+                    c[vl] = c[vl] + T.cast(a[vk], "int32") * T.cast(b[vl, vk], "int32")
+
+    return described
+
+
+def _vpdpbusd(dot: Dot) -> Any:
+    """The 4 input bytes as one int32 broadcast to every lane, the 64 weight bytes, one vpdpbusd.
+    LLVM 22 declares its byte operands <64 x i8> (older LLVMs <16 x i32>)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def implemented(
+        a: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+        b: T.Buffer((16, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
+        c: T.Buffer((16,), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 16), dtype="int8x64"),
+                b.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    return implemented
+
+
+def _vpmaddubsw(dot: Dot) -> Any:
+    """The 4 input bytes broadcast as one int32; vpmaddubsw → 16 int16 pair sums; vpmaddwd by ones →
+    8 int32 sums of 4 products, added to the accumulators."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def implemented(
+        a: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+        b: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
+        c: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+            T.writes(c[0:8])
+            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                    T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
+                    b.vload([0, 0], dtype="int8x32"),
+                    dtype="int16x16",
+                ),
+                T.broadcast(T.int16(1), 16),
+                dtype="int32x8",
+            )
+
+    return implemented
+
+
+def _vpmaddwd(dot: Dot) -> Any:
+    """The 2 input bytes broadcast as one int16 and zero-extended to 8 int16 pairs; vpmaddwd by the
+    8 × 2 int16 weights → 8 int32 sums of 2 products, added to the accumulators."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def implemented(
+        a: T.Buffer((2,), "uint8", offset_factor=1),  # type: ignore[valid-type]
+        b: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
+        c: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.Cast("int16x16", T.reinterpret(_broadcast(T, a, "uint8x2", "int16", 8), dtype="uint8x16")),
+                b.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8",
+            )
+
+    return implemented
+
+
+def _broadcast(T: Any, a: Any, group: str, word: str, lanes: int) -> Any:
+    """`a`'s input bytes read as one `word` and broadcast to `lanes` words. One expression: a name
+    bound in TVMScript becomes a local buffer, which TVM allocates from its workspace pool on every
+    parallel task."""
+    return T.broadcast(T.reinterpret(a.vload([0], group), dtype=word), lanes)
+
+
+_IMPLEMENTATIONS = {
+    VPDPBUSD.intrinsic: _vpdpbusd,
+    VPMADDUBSW.intrinsic: _vpmaddubsw,
+    VPMADDWD.intrinsic: _vpmaddwd,
+}
