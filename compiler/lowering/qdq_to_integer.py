@@ -226,9 +226,7 @@ class _Rewrites:
         value = relax.op.maximum(value, relax.const(np.float32(low)))
         value = relax.op.minimum(value, relax.const(np.float32(high)))
         self.folding.requantized += 1
-        # Through int32: LLVM 22 compiles a float → 8-bit vector conversion as a conversion and a byte
-        # extract per lane (8 vpextrb for 8 values on AVX2), an int32 → 8-bit one as two packs.
-        return relax.op.astype(relax.op.astype(value, "int32"), out_dtype)
+        return relax.op.astype(value, out_dtype)
 
     def _elide(self, call: Any, m: dict[Any, Any]) -> Any:
         from tvm import relax
