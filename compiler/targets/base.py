@@ -101,14 +101,15 @@ class Target(abc.ABC):
             from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
             mod = to_channels_last(mod)
-            dots = self.int8_dots() if integer else ()
-            mod = pack_gemms(mod, vector_lanes(self.tvm_target()), dots)[0]
+            target = self.tvm_target()
+            dots = self.int8_dots(target) if integer else ()
+            mod = pack_gemms(mod, vector_lanes(target), dots)[0]
         return mod
 
-    def int8_dots(self) -> tuple[Dot, ...]:
-        """The integer dot-product steps this target's CPU computes int8 GEMMs with
-        (compiler/lowering/packed_gemm.py), the fastest first; none: integer layers keep TOPI's
-        compute and RegisterTiles' or ParallelRows' schedule."""
+    def int8_dots(self, target: Any) -> tuple[Dot, ...]:
+        """The integer dot-product steps this target's CPU (`target`: its TVM target) computes int8
+        GEMMs with (compiler/lowering/packed_gemm.py), the fastest first; none: integer layers keep
+        TOPI's compute and RegisterTiles' or ParallelRows' schedule."""
         return ()
 
     def build(self, mod: Any) -> Any:

@@ -164,11 +164,11 @@ class X86Target(Target):
             log.info("this host's CPU model implies %s, but the host lacks them: building without", hidden)
         return [f"-{to_llvm[flag]}" for flag in hidden]
 
-    def int8_dots(self) -> tuple[Dot, ...]:
+    def int8_dots(self, target: Any) -> tuple[Dot, ...]:
         """vpdpbusd with AVX-512 VNNI; else vpmaddubsw (7-bit weights) or vpmaddwd on AVX2."""
         from edgecam.compiler.targets import x86_dots
 
-        return x86_dots.target_dots(self.tvm_target())
+        return x86_dots.target_dots(target)
 
     def info(self) -> TargetInfo:
         target = self.tvm_target()

@@ -20,6 +20,7 @@ instruction of a float FMA, and their weights are a quarter (int16: half) the by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edgecam.compiler.lowering.packed_gemm import Dot
@@ -49,19 +50,26 @@ def register_intrinsic(name: str) -> str:
 
     if TensorIntrin.get(name, allow_missing=True) is None:
         [dot] = [d for d in DOTS if d.intrinsic == name]
-        TensorIntrin.register(name, _described(dot), _IMPLEMENTATIONS[name](dot))
+        TensorIntrin.register(name, _step(dot, None), _step(dot, _BODIES[name]))
     return name
 
 
-def _described(dot: Dot) -> Any:
-    """What one step computes: `lanes` int32 sums, each += `group` uint8 × weight products. (TVMScript
-    buffer annotations are calls, which mypy cannot read as types.)"""
+# A step's body: (TVMScript module, a, b, c) → the accumulators' new vector. One expression: a name
+# bound in TVMScript becomes a local buffer, which TVM allocates from its workspace pool on every
+# parallel task.
+Body = Callable[[Any, Any, Any, Any], Any]
+
+
+def _step(dot: Dot, body: Body | None) -> Any:
+    """The step as a TVMScript function over `a` (`group` uint8 inputs), `b` (`lanes` × `group`
+    weights) and `c` (`lanes` int32 sums): described as its scalar loop (`body` None) or implemented
+    by `body`. (TVMScript buffer annotations are calls, which mypy cannot read as types.)"""
     from tvm.script import tirx as T
 
     lanes, group = dot.lanes, dot.group
 
     @T.prim_func(s_tir=True)
-    def described(
+    def step(
         a: T.Buffer((group,), "uint8", offset_factor=1),  # type: ignore[valid-type]
         b: T.Buffer((lanes, group), dot.weight_dtype, offset_factor=1),  # type: ignore[valid-type]
         c: T.Buffer((lanes,), "int32", offset_factor=1),  # type: ignore[valid-type]
@@ -69,100 +77,62 @@ def _described(dot: Dot) -> Any:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
             T.writes(c[0:lanes])
-            for lane, k in T.grid(lanes, group):
-                with T.sblock("update"):
-                    vl, vk = T.axis.remap("SR", [lane, k])
-                    c[vl] = c[vl] + T.cast(a[vk], "int32") * T.cast(b[vl, vk], "int32")
+            if body is None:
+                for lane, k in T.grid(lanes, group):
+                    with T.sblock("update"):
+                        vl, vk = T.axis.remap("SR", [lane, k])
+                        c[vl] = c[vl] + T.cast(a[vk], "int32") * T.cast(b[vl, vk], "int32")
+            else:
+                c[T.ramp(T.int32(0), 1, lanes)] = body(T, a, b, c)
 
-    return described
+    return step
 
 
-def _vpdpbusd(dot: Dot) -> Any:
+def _vpdpbusd(T: Any, a: Any, b: Any, c: Any) -> Any:
     """The 4 input bytes as one int32 broadcast to every lane, the 64 weight bytes, one vpdpbusd.
     LLVM 22 declares its byte operands <64 x i8> (older LLVMs <16 x i32>)."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def implemented(
-        a: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-        b: T.Buffer((16, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
-        c: T.Buffer((16,), "int32", offset_factor=1),  # type: ignore[valid-type]
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 16), dtype="int8x64"),
-                b.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            )
-
-    return implemented
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+        c.vload([0], dtype="int32x16"),
+        T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 16), dtype="int8x64"),
+        b.vload([0, 0], dtype="int8x64"),
+        dtype="int32x16",
+    )
 
 
-def _vpmaddubsw(dot: Dot) -> Any:
+def _vpmaddubsw(T: Any, a: Any, b: Any, c: Any) -> Any:
     """The 4 input bytes broadcast as one int32; vpmaddubsw → 16 int16 pair sums; vpmaddwd by ones →
     8 int32 sums of 4 products, added to the accumulators."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def implemented(
-        a: T.Buffer((4,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-        b: T.Buffer((8, 4), "int8", offset_factor=1),  # type: ignore[valid-type]
-        c: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:8], a[0:4], b[0:8, 0:4])
-            T.writes(c[0:8])
-            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                    T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
-                    b.vload([0, 0], dtype="int8x32"),
-                    dtype="int16x16",
-                ),
-                T.broadcast(T.int16(1), 16),
-                dtype="int32x8",
-            )
-
-    return implemented
+    return c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+            T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
+            b.vload([0, 0], dtype="int8x32"),
+            dtype="int16x16",
+        ),
+        T.broadcast(T.int16(1), 16),
+        dtype="int32x8",
+    )
 
 
-def _vpmaddwd(dot: Dot) -> Any:
+def _vpmaddwd(T: Any, a: Any, b: Any, c: Any) -> Any:
     """The 2 input bytes broadcast as one int16 and zero-extended to 8 int16 pairs; vpmaddwd by the
     8 × 2 int16 weights → 8 int32 sums of 2 products, added to the accumulators."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def implemented(
-        a: T.Buffer((2,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-        b: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
-        c: T.Buffer((8,), "int32", offset_factor=1),  # type: ignore[valid-type]
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-            T.writes(c[0:8])
-            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                T.Cast("int16x16", T.reinterpret(_broadcast(T, a, "uint8x2", "int16", 8), dtype="uint8x16")),
-                b.vload([0, 0], dtype="int16x16"),
-                dtype="int32x8",
-            )
-
-    return implemented
+    return c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        T.Cast("int16x16", T.reinterpret(_broadcast(T, a, "uint8x2", "int16", 8), dtype="uint8x16")),
+        b.vload([0, 0], dtype="int16x16"),
+        dtype="int32x8",
+    )
 
 
 def _broadcast(T: Any, a: Any, group: str, word: str, lanes: int) -> Any:
-    """`a`'s input bytes read as one `word` and broadcast to `lanes` words. One expression: a name
-    bound in TVMScript becomes a local buffer, which TVM allocates from its workspace pool on every
-    parallel task."""
+    """`a`'s input bytes read as one `word` and broadcast to `lanes` words."""
     return T.broadcast(T.reinterpret(a.vload([0], group), dtype=word), lanes)
 
 
-_IMPLEMENTATIONS = {
+_BODIES: dict[str, Body] = {
     VPDPBUSD.intrinsic: _vpdpbusd,
     VPMADDUBSW.intrinsic: _vpmaddubsw,
     VPMADDWD.intrinsic: _vpmaddwd,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from convnets import save_graph
-from test_qdq_to_integer import _Reader, output_step, relax_module, run_ort
+from test_qdq_to_integer import output_step, qdq, relax_module, run_ort
 
 from edgecam.compiler.artifact import host_cpu_features
 from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, pack
@@ -22,7 +22,6 @@ def quantized_net(tmp_path: Path, reduce_range: bool = False) -> Path:
     """Conv 3×3 (8 → 16, pad 1) → Relu → Conv 1×1 (16 → 32) on 1×8×10×10, through quantize_static
     (per-channel int8 weights, 7-bit with `reduce_range`, uint8 activations)."""
     from onnx import helper, numpy_helper
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     rng = np.random.default_rng(0)
     inits = [
@@ -36,18 +35,7 @@ def quantized_net(tmp_path: Path, reduce_range: bool = False) -> Path:
         helper.make_node("Conv", ["r1", "w2"], ["y"]),
     ]
     source = save_graph(tmp_path / "fp32.onnx", nodes, [1, 8, 10, 10], [1, 32, 10, 10], inits)
-    target = tmp_path / "int8.onnx"
-    quantize_static(
-        str(source),
-        str(target),
-        _Reader(feeds(16, seed=1)),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        reduce_range=reduce_range,
-    )
-    return target
+    return qdq(source, tmp_path / "int8.onnx", feeds(16, seed=1), reduce_range=reduce_range)
 
 
 def feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -58,26 +46,15 @@ def feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
 def quantized_dense(tmp_path: Path) -> Path:
     """MatMul [1, 64] × [64, 48] through quantize_static."""
     from onnx import helper, numpy_helper
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     weights = (np.random.default_rng(3).standard_normal((64, 48)) * 0.2).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
     source = save_graph(
         tmp_path / "dense.onnx", nodes, [1, 64], [1, 48], [numpy_helper.from_array(weights, "w")]
     )
-    target = tmp_path / "dense-int8.onnx"
     rng = np.random.default_rng(4)
     calibration = [{"x": rng.uniform(-1, 1, (1, 64)).astype(np.float32)} for _ in range(8)]
-    quantize_static(
-        str(source),
-        str(target),
-        _Reader(calibration),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return target
+    return qdq(source, tmp_path / "dense-int8.onnx", calibration)
 
 
 def packed_gemms(mod: Any) -> list[str]:

@@ -41,19 +41,33 @@ def image_feeds(count: int, seed: int, shape: Sequence[int] = (1, 1, 28, 28)) ->
 
 def quantized_convnet(tmp_path: Path, activations: str = "uint8", weights: str = "int8") -> Path:
     """build_convnet (Conv 3x3 pad 1 → Relu → MaxPool → Flatten → Gemm) through quantize_static."""
+    source = build_convnet(tmp_path / "fp32.onnx")
+    target = tmp_path / f"qdq-{activations}-{weights}.onnx"
+    return qdq(source, target, image_feeds(16, seed=1), activations, weights)
+
+
+def qdq(
+    source: Path,
+    target: Path,
+    calibration: Sequence[Feeds],
+    activations: str = "uint8",
+    weights: str = "int8",
+    reduce_range: bool = False,
+) -> Path:
+    """`source` through quantize_static (QDQ, per-channel weights, 7-bit with `reduce_range`),
+    calibrated on `calibration`, saved as `target`."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    source = build_convnet(tmp_path / "fp32.onnx")
-    target = tmp_path / f"qdq-{activations}-{weights}.onnx"
     quantize_static(
         str(source),
         str(target),
-        _Reader(image_feeds(16, seed=1)),
+        _Reader(calibration),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=types[activations],
         weight_type=types[weights],
+        reduce_range=reduce_range,
     )
     return target
 
