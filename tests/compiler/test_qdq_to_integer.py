@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from convnets import build_convnet
+from convnets import build_convnet, save_graph
 
 from edgecam.compiler.lowering.qdq_to_integer import LAYER_OPS, Folding, fold_qdq, has_qdq
 
@@ -232,6 +232,50 @@ def test_activation_between_conv_and_quantize(tmp_path: Path, activation: str, r
 
     assert np.abs(got - expected).max() <= 0.02 * (1 + 1e-4)  # y_s: one output step
     assert got.min() >= 0.0 and (activation == "relu" or got.max() <= 3.0 + 1e-6)
+
+
+def residual_block(path: Path, channels: int = 16, size: int = 8) -> Path:
+    """Conv → Conv → Add (the first conv's output back) → Conv, all 1×1 with biases: an Add between
+    layers, as in an inverted residual block."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((channels, channels, 1, 1)) * 0.3).astype(np.float32), w)
+        for w in ("w0", "w1", "w2")
+    ] + [
+        numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), b)
+        for b in ("b0", "b1", "b2")
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["a"]),
+        helper.make_node("Conv", ["a", "w1", "b1"], ["c"]),
+        helper.make_node("Add", ["c", "a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"]),
+    ]
+    shape = [1, channels, size, size]
+    return save_graph(path, nodes, shape, shape, inits)
+
+
+def test_residual_add_stays_channels_last(tmp_path: Path) -> None:
+    """quantize(dequantize(a) + dequantize(b)) becomes elementwise ops, which the x86 target's layout
+    rewrite moves to NHWC with the convs: the model transposes only its input and output."""
+    from edgecam.compiler.lowering.qdq_to_integer import _bindings, _op_name
+    from edgecam.compiler.targets import create_target
+
+    rng = np.random.default_rng(7)
+    feeds = [{"x": rng.uniform(-1, 1, size=(1, 16, 8, 8)).astype(np.float32)} for _ in range(8)]
+    model = qdq(residual_block(tmp_path / "block.onnx"), tmp_path / "block-qdq.onnx", feeds)
+    _, folding = fold_qdq(relax_module(model))
+    assert folding.adds == 1 and folding.folded == {"conv2d": 3}
+
+    prepared = create_target("x86_64").prepare(relax_module(model))
+
+    ops = [_op_name(binding.value) for _, binding in _bindings(prepared)]
+    assert ops.count("relax.permute_dims") == 2, ops  # NCHW → NHWC after the input, back at the output
+    assert "relax.add" in ops and ops.count("relax.quantize") == 1  # only the model input's
+    difference = np.abs(run_tvm(prepared, feeds) - run_ort(model, feeds)) / output_step(model)
+    assert difference.max() <= 1.0 + 1e-4
 
 
 def test_layers_it_cannot_fold_stay_float_and_are_reported(
