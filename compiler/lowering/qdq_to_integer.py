@@ -120,7 +120,11 @@ class _Rewrites:
         self.w_t = is_op("relax.permute_dims")(self.w)
         self.conv = is_op("relax.nn.conv2d")(self.x, self.w)
         self.matmul = is_op("relax.matmul")(self.x, self.w | self.w_t)
-        self.acc = is_op("relax.dequantize")(wildcard().has_dtype("int32"), is_const(), is_const())
+        # A conv's zero-point correction (subtract z_x·ΣW), which the bias then joins.
+        self.corrected = is_op("relax.subtract")(wildcard().has_dtype("int32"), is_const())
+        self.acc = is_op("relax.dequantize")(
+            self.corrected | wildcard().has_dtype("int32"), is_const(), is_const()
+        )
         self.bias_dq = dq(is_const())
         self.bias_reshape = is_op("relax.reshape")(self.bias_dq, wildcard())
         self.bias = self.bias_reshape | self.bias_dq | is_const()
@@ -213,8 +217,14 @@ class _Rewrites:
         if not np.allclose(coded, np.round(coded), rtol=0, atol=1e-3):
             return call  # not whole accumulator steps (a float bias): exact only as a float add
         self.folding.biases += 1
-        added = relax.op.add(acc, relax.const(_int32(np.round(coded))))
-        return _dequantize(added, scale, axis)
+        coded = np.round(coded)
+        corrected = m.get(self.corrected)
+        correction = None if corrected is None else _constant(corrected.args[1])
+        if correction is not None:  # one int32 constant per channel instead of two adds per output
+            return _dequantize(
+                relax.op.add(corrected.args[0], relax.const(_int32(coded - correction))), scale, axis
+            )
+        return _dequantize(relax.op.add(acc, relax.const(_int32(coded))), scale, axis)
 
     def _requantize(self, call: Any, m: dict[Any, Any]) -> Any:
         from tvm import relax
@@ -225,20 +235,24 @@ class _Rewrites:
         if scale is None or y_scale is None or y_zero is None or out_dtype not in _QUANTIZED:
             return call
         info = np.iinfo(out_dtype)
-        low, high = float(info.min), float(info.max)
+        low, high = int(info.min), int(info.max)
         if m.get(self.relu) is not None:  # quantize is monotonic and maps 0.0 to y_zero
-            low = max(low, y_zero)
+            low = max(low, int(y_zero))
         # ORT's order: the multiplier is (s_x·s_w)/s_y rounded to float32, applied to float32(acc).
         multiplier = (scale.astype(np.float32) / np.float32(y_scale)).astype(np.float32)
         value = relax.op.astype(acc, "float32")
         value = relax.op.multiply(value, relax.const(_broadcastable(multiplier, axis, len(acc.ty.shape))))
         value = relax.op.round(value)  # half to even (LLVM nearbyint), like ORT's
+        # The zero point and the clamp in int32: LLVM then clamps and narrows with the saturating
+        # packs it narrows with anyway (vpackssdw/vpackuswb), where float bounds cost a max and a min
+        # per vector. A float beyond int32 would need an accumulator ~10⁷× its calibrated range.
+        value = relax.op.astype(value, "int32")
         if y_zero:
-            value = relax.op.add(value, relax.const(np.float32(y_zero)))
+            value = relax.op.add(value, relax.const(np.int32(y_zero)))
         # maximum/minimum rather than clip: ConvertLayout moves them with a channels-last layout
         # (compiler/lowering/channels_last.py) but wraps a clip in a transpose pair.
-        value = relax.op.maximum(value, relax.const(np.float32(low)))
-        value = relax.op.minimum(value, relax.const(np.float32(high)))
+        value = relax.op.maximum(value, relax.const(np.int32(low)))
+        value = relax.op.minimum(value, relax.const(np.int32(high)))
         self.folding.requantized += 1
         return relax.op.astype(value, out_dtype)
 
