@@ -24,10 +24,13 @@ MobileNetV2 from ParallelRows' 35 ms to 9-12 ms; on a znver3 with both cores, pa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from edgecam.compiler.targets.cpu_positions import fuse_output_positions
 from edgecam.compiler.targets.cpu_tiles import MIN_ROW, GemmShape, vector_lanes
+
+MAX_UNROLLED_TAPS = 49  # a 7×7 window; a dense layer's long reduction stays a loop
 
 
 def default_pipeline(target: Any) -> Any:
@@ -232,6 +235,12 @@ class RegisterTiles(CpuRule):
         # Vectorized before the init is split off: the update alone is no reduction block, which
         # `vectorize` refuses; the init's loops are copied with their kinds.
         in_vectors(sch, tile, shape.lanes)
+        if window_only and math.prod(i.dom for i in shape.reduce) <= MAX_UNROLLED_TAPS:
+            # A depthwise conv's window unrolled, LLVM loads (and for integers widens) each input
+            # vector once for all the taps and tile positions that read it: int8 depthwise convs 14%
+            # faster (MobileNetV2's, one core), float ones ~5%.
+            for loop in reduce:
+                sch.unroll(loop)
         sch.decompose_reduction(block, reduce[0])
         return sch
 
