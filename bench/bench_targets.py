@@ -1,7 +1,7 @@
 """Benchmark: what edgecam builds for this CPU against ONNX Runtime, fp32 and int8, same run.
 
     .venv/bin/python bench/bench_targets.py [--models fashion_cnn mobilenet_v2 resnet18 efficientnet_lite0]
-                                            [--runs 100] [--threads 2] [--no-int8] [--mcpu host]
+                                            [--runs 100] [--rounds 12] [--threads 2] [--no-int8] [--mcpu host]
                                             [--reduce-range]
 
 For each model: ONNX Runtime (CPU provider, `--threads` intra-op threads, exact int8 kernels) and the
@@ -32,7 +32,6 @@ from machine_info import machine, peak_gflops, stamp
 from timing import timed, tvm_threads
 
 RESULTS = Path(__file__).parent / "results"
-ROUNDS = 4
 WORKDIR = Path(".cache/bench")
 
 
@@ -159,9 +158,11 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, A
             quantized, WORKDIR / f"{name}-int8-artifact", options
         )
     samples: dict[str, list[float]] = {engine: [] for engine in runners}
-    for _ in range(ROUNDS):
+    # Short rounds, engines in turn: this VM's speed drifts by up to ±30% over minutes, and a drift
+    # then reaches every engine alike instead of whichever ran in that stretch.
+    for _ in range(args.rounds):
         for engine, run in runners.items():
-            samples[engine] += timed(lambda run=run: run(feed), max(args.runs // ROUNDS, 1), warmup=5)
+            samples[engine] += timed(lambda run=run: run(feed), max(args.runs // args.rounds, 1), warmup=5)
     results = {}
     for engine, ms in samples.items():
         median = float(np.median(ms))
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["fashion_cnn", "mobilenet_v2", "resnet18"])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=12, help="engines take turns this many times")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--mcpu", default="portable", help="portable (the demo's level), host, or an LLVM CPU"
@@ -211,6 +213,7 @@ def main() -> None:
         "machine": host,
         "peak_gflops": peak,
         "runs": args.runs,
+        "rounds": args.rounds,
         "mcpu": args.mcpu,
         "int8_pass": int8_config(args.reduce_range),
         "models": models,

@@ -7,6 +7,7 @@ of the Q/DQ ops. `fold_qdq` rewrites each quantized layer into integer arithmeti
     conv2d(dequantize(x_q, s_x, z_x), dequantize(W_q, s_w, 0))        (matmul alike, Gemm's Wᵀ too)
       → dequantize(conv2d(pad(x_q, z_x), W_q, out_dtype=int32) - z_x·ΣW, s_x·s_w, 0)
     dequantize(acc, s, 0) + bias                 → dequantize(acc + round(bias / s), s, 0)
+                                                   (one constant with the zero-point correction)
     quantize([relu](dequantize(acc, s, 0)), s_y, z_y)  → clip(round(acc · s/s_y) + z_y, lo, hi)
     quantize(max_pool2d|reshape|permute_dims(dequantize(q, s, z)), s, z) → the same op on q
     quantize(dequantize(a) + dequantize(b), s_y, z_y)  → the same arithmetic as elementwise ops
@@ -28,7 +29,9 @@ with the convs around them.
 Requantization multiplies in float32 and rounds half to even, as ONNX Runtime's int8 kernels do
 (MLAS requantizes with a float scale), so results match ORT's rather than being off by a rounding;
 every CPU target here has fast float SIMD, and the multiply fuses into the conv's output loop. A
-fixed-point multiplier (gemmlowp/TFLite style) would only pay off on integer-only hardware.
+fixed-point multiplier (gemmlowp/TFLite style) would only pay off on integer-only hardware. The
+rounded value is converted to int32 before the zero point and the clamp, so LLVM clamps with the
+saturating packs that narrow it to 8 bits (MobileNetV2 int8 ~5-10% faster than with float bounds).
 
 Foldable: activations with one scale and zero point; constant int8 weights with zero point 0 and a
 scale per tensor or per output channel; conv2d in NCHW/OIHW. Other layers stay as imported and are

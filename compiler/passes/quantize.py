@@ -68,8 +68,8 @@ class Int8Config(PassConfig):
     # uint8 activations (U8S8) suit x86 (ORT's fast path); int8 (S8S8) suits ARM kernels.
     activation_type: Literal["uint8", "int8"] = "uint8"
     # 7-bit weights: u8×s8 pair sums then fit int16, so x86 CPUs without VNNI may add them with
-    # vpmaddubsw (edgecam: compiler/targets/x86_dots.py), 1.2-1.7× faster than full int8 weights on
-    # a znver3, for ~3 points of top-1 agreement on EfficientNet-Lite0 (bench/README.md).
+    # vpmaddubsw (edgecam: compiler/targets/x86_dots.py): whole models 1.4-1.9× faster than with full
+    # int8 weights on a znver3, for 45% more logit error on EfficientNet-Lite0 (bench/README.md).
     reduce_range: bool = False
     op_types: tuple[QuantizableOp, ...] = Field(default=DEFAULT_OPS, min_length=1)
     # fnmatch patterns on node names left in float (e.g. a sensitive first or last layer); a pattern
