@@ -223,7 +223,7 @@ class _Rewrites:
         coded = np.round(coded)
         corrected = m.get(self.corrected)
         correction = None if corrected is None else _constant(corrected.args[1])
-        if correction is not None:  # one int32 constant per channel instead of two adds per output
+        if corrected is not None and correction is not None:  # one constant instead of two adds
             return _dequantize(
                 relax.op.add(corrected.args[0], relax.const(_int32(coded - correction))), scale, axis
             )
