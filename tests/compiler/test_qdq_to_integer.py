@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 from convnets import build_convnet, save_graph
 
-from edgecam.compiler.lowering.qdq_to_integer import LAYER_OPS, Folding, fold_qdq, has_qdq
+from edgecam.compiler.lowering.qdq_to_integer import (
+    LAYER_OPS,
+    Folding,
+    _bindings,
+    _op_name,
+    fold_qdq,
+    has_qdq,
+)
 
 Feeds = dict[str, np.ndarray]
 
@@ -225,6 +232,10 @@ def test_activation_between_conv_and_quantize(tmp_path: Path, activation: str, r
     assert folding.folded == {"conv2d": 1} and folding.biases == 1 and folding.left == {}
     assert folding.requantized == requantized
     assert [str(c.ty.dtype) for c in layer_calls(folded)] == ["int32"]
+    ops = {(_op_name(b.value), str(b.value.ty.dtype)) for _, b in _bindings(folded)}
+    assert ("relax.subtract", "int32") not in ops  # the zero-point correction joined the bias constant
+    if requantized:  # zero point and clamp in int32, where LLVM clamps with its saturating packs
+        assert {("relax.maximum", "int32"), ("relax.minimum", "int32")} <= ops
     rng = np.random.default_rng(4)
     feeds = [{"x": rng.uniform(-1.2, 1.2, size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
 
@@ -260,7 +271,6 @@ def residual_block(path: Path, channels: int = 16, size: int = 8) -> Path:
 def test_residual_add_stays_channels_last(tmp_path: Path) -> None:
     """quantize(dequantize(a) + dequantize(b)) becomes elementwise ops, which the x86 target's layout
     rewrite moves to NHWC with the convs: the model transposes only its input and output."""
-    from edgecam.compiler.lowering.qdq_to_integer import _bindings, _op_name
     from edgecam.compiler.targets import create_target
 
     rng = np.random.default_rng(7)
