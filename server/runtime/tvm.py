@@ -23,6 +23,8 @@ from edgecam.server.errors import ModelLoadError
 _IMPORT_LOCK = threading.Lock()
 # Artifact files that hold weights next to the library (the compiler may keep params outside the .so).
 _PARAM_SUFFIXES = (".params", ".bin", ".npz")
+_DLPACK_CPU = 1  # kDLCPU
+_ALIGNMENT = 64  # bytes: what TVM's DLPack import and its generated code expect of a tensor's data
 
 
 def import_tvm_runtime() -> ModuleType:
@@ -83,6 +85,7 @@ class TvmRuntime:
             raise ModelLoadError(f"{self._library} has no function {entry!r}: {exc}") from exc
         # Coded weights: TVM tensors made once here, passed after the inputs on every call.
         self._params = self._weight_tensors(decoded, artifact)
+        self._staged = self._staging_tensors()
         decoded_bytes = sum(array.nbytes for array in decoded)
         self._memory = self._library.stat().st_size + _param_bytes(artifact) + decoded_bytes
         self._verify()
@@ -138,11 +141,37 @@ class TvmRuntime:
                     f"{self._library} output {spec.name!r} has shape {got}; the manifest says {spec.shape}"
                 )
 
+    def _staging_tensors(self) -> list[tuple[np.ndarray, Any] | None]:
+        """Per input of static shape on the CPU: a 64-byte aligned numpy buffer and the TVM tensor
+        viewing it (DLPack, no copy). A call copies its input there: `tvm.runtime.tensor(array)` and
+        `.numpy()` cost 20-60 µs each, a tenth of the bundled CNN's inference."""
+        if self._device.dlpack_device_type() != _DLPACK_CPU:
+            return [None] * len(self._inputs)
+        staged: list[tuple[np.ndarray, Any] | None] = []
+        for spec in self._inputs:
+            if any(d < 0 for d in spec.shape):
+                staged.append(None)
+                continue
+            buffer = _aligned_empty(spec.shape, to_numpy(spec.datatype))
+            staged.append((buffer, self._tvm.runtime.from_dlpack(buffer)))
+        return staged
+
+    def _arguments(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        """The inputs as TVM tensors: copied into their staging buffer where the shape and type match
+        it, else (dynamic shapes, another device, a mismatch TVM will report) into a new tensor."""
+        args = []
+        for spec, staged in zip(self._inputs, self._staged, strict=True):
+            value = inputs[spec.name]
+            if staged is not None and value.shape == staged[0].shape and value.dtype == staged[0].dtype:
+                np.copyto(staged[0], value)
+                args.append(staged[1])
+            else:
+                args.append(self._tvm.runtime.tensor(np.ascontiguousarray(value), self._device))
+        return args
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tensor = self._tvm.runtime.tensor
-        args = [tensor(np.ascontiguousarray(inputs[s.name]), self._device) for s in self._inputs]
-        with self._lock:
-            result = self._main(*args, *self._params)
+        with self._lock:  # the staging buffers are shared between calls too
+            result = self._main(*self._arguments(inputs), *self._params)
             values = _flatten(result)
         if len(values) != len(self._outputs):
             raise RuntimeError(
@@ -214,12 +243,24 @@ def _check_compute_capability(path: Path, arch: str, compute_version: str) -> No
 
 
 def _flatten(result: Any) -> list[np.ndarray]:
-    """VM results are a tensor or a (nested) tuple of tensors; copy them out as numpy arrays."""
+    """VM results are a tensor or a (nested) tuple of tensors; copy them out as numpy arrays (through
+    DLPack on the CPU: 1 µs where `.numpy()` takes 20)."""
     if hasattr(result, "numpy"):
+        if result.device.dlpack_device_type() == _DLPACK_CPU:
+            return [np.from_dlpack(result).copy()]
         return [result.numpy()]
     if isinstance(result, (list, tuple)) or hasattr(result, "__len__"):
         return [array for item in result for array in _flatten(item)]
     raise TypeError(f"unexpected VM result of type {type(result).__name__}")
+
+
+def _aligned_empty(shape: list[int], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an _ALIGNMENT-byte boundary."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def check_elf(path: Path) -> None:

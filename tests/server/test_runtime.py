@@ -128,8 +128,15 @@ _LOAD = textwrap.dedent("""
         image = np.zeros((1, 1, 28, 28), np.float32)
         image[0, 0, 10:12, 4:24] = 1.0
         out = model.runtime.run({"image": image})
+        first = {k: v.tolist() for k, v in out.items()}
+        other = np.zeros_like(image)
+        other[0, 0, 4:24, 10:12] = 1.0
+        second = model.runtime.run({"image": other})  # reuses the input's staging buffer
         report[path] = {"platform": model.platform, "memory": model.runtime.memory_bytes(),
-                        "outputs": {k: v.tolist() for k, v in out.items()}}
+                        "outputs": first,
+                        "outputs_after_another_run": {k: v.tolist() for k, v in out.items()},
+                        "other_outputs": {k: v.tolist() for k, v in second.items()},
+                        "input_untouched": bool(image[0, 0, 10, 4] == 1.0 and other.sum() == 40)}
     import tvm
     report["runtime_only"] = tvm.base._RUNTIME_ONLY
     report["torch_loaded"] = "torch" in sys.modules
@@ -184,6 +191,9 @@ def test_tvm_artifact_runs_with_the_runtime_only(tvm_library: Path, tmp_path: Pa
     assert logits.shape == probs.shape == (1, 10)  # a tuple result, mapped to the manifest's names
     assert int(logits.argmax()) == 5 and abs(float(probs.sum()) - 1) < 1e-5
     assert loaded["memory"] >= tvm_library.stat().st_size
+    # Outputs are the caller's: another run (through the same staging buffer) leaves them as they were.
+    assert loaded["outputs_after_another_run"] == loaded["outputs"] and loaded["input_untouched"]
+    assert loaded["other_outputs"]["logits"] != loaded["outputs"]["logits"]
     assert "ModelLoadError" in report[paths[1]]["error"] and "model.so" in report[paths[1]]["error"]
     assert "ModelLoadError" in report[paths[2]]["error"] and "[1, 5]" in report[paths[2]]["error"]
 
