@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from machine_info import machine
-from timing import timed
+from timing import in_turns, summary
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 4
@@ -33,15 +33,9 @@ CONFIDENT = 0.5  # fp32 softmax top-1 probability above which a prediction count
 
 
 def latency(sessions: dict[str, Any], feed: dict[str, np.ndarray], runs: int) -> dict[str, dict[str, float]]:
-    """Median and p99 (ms) per session: ROUNDS rounds, each session in turn, 10 warm-up runs each."""
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(ROUNDS):
-        for name, runner in sessions.items():
-            samples[name] += timed(lambda r=runner: r.run(None, feed), runs // ROUNDS)
-    return {
-        name: {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(ms)}
-        for name, ms in samples.items()
-    }
+    """Median and p99 (ms) per session, the sessions taking turns in ROUNDS rounds."""
+    calls = {name: (lambda r=runner: r.run(None, feed)) for name, runner in sessions.items()}
+    return {name: summary(ms) for name, ms in in_turns(calls, runs, ROUNDS, warmup=10).items()}
 
 
 def photo_count(recipe: Path) -> int:

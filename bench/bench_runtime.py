@@ -1,10 +1,11 @@
 """Benchmark: edgecam's TVM artifact against ONNX Runtime, and gRPC overhead over in-process inference.
 
-    .venv/bin/python bench/bench_runtime.py [--runs 500] [--threads 2]
+    .venv/bin/python bench/bench_runtime.py [--runs 500] [--rounds 10] [--threads 2]
 
 Everything is measured in one run on one machine: ONNX Runtime (CPU provider, `--threads` intra-op
-threads) and the TVM artifact on the same preprocessed sample images, then the same artifact
-through `edgecam serve` over a real gRPC socket. Results go to bench/results/ with machine and date.
+threads) and the TVM artifact `edgecam demo` builds (through the camera's runtime) on the same
+preprocessed sample images, taking turns in `--rounds` rounds, then the same artifact through
+`edgecam serve` over a real gRPC socket. Results go to bench/results/ with machine and date.
 """
 
 from __future__ import annotations
@@ -12,36 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from machine_info import cpu_model
-from timing import tvm_threads
+from timing import in_turns, summary, timed, tvm_threads
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def timed(fn: Callable[[], object], runs: int, warmup: int = 20) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    samples = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples[i] = time.perf_counter() - start
-    return samples * 1000.0  # ms
-
-
-def summary(ms: np.ndarray) -> dict[str, float]:
-    return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": int(ms.size)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=10, help="the two engines take turns this many times")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     args = parser.parse_args()
@@ -70,16 +55,18 @@ def main() -> None:
     def next_input() -> np.ndarray:
         return inputs[next(cycle) % len(inputs)]
 
-    results: dict[str, dict[str, float]] = {}
-    results["onnxruntime"] = summary(timed(lambda: session.run(None, {name: next_input()}), args.runs))
-    results["tvm"] = summary(timed(lambda: model.runtime.run({name: next_input()}), args.runs))
+    engines = {
+        "onnxruntime": lambda: session.run(None, {name: next_input()}),
+        "tvm": lambda: model.runtime.run({name: next_input()}),
+    }
+    results = {engine: summary(ms) for engine, ms in in_turns(engines, args.runs, args.rounds).items()}
 
     server = launch(["--model", str(artifact), "--log-level", "WARNING"])
     try:
         with EdgecamClient(server.grpc_address) as client:
             client.wait_ready()
             results["grpc_tvm"] = summary(
-                timed(lambda: client.infer(model.name, {name: next_input()}), args.runs)
+                timed(lambda: client.infer(model.name, {name: next_input()}), args.runs, warmup=20)
             )
     finally:
         server.stop()
@@ -99,7 +86,9 @@ def main() -> None:
             "python": platform.python_version(),
             "onnxruntime": ort.__version__,
             "onnxruntime_threads": args.threads,
+            "tvm_threads": args.threads,
         },
+        "rounds": args.rounds,
         "results": results,
         "ratios": ratios,
     }

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import shapes
 from machine_info import machine, peak_gflops, stamp
-from timing import timed, tvm_threads
+from timing import in_turns, tvm_threads
 
 RESULTS = Path(__file__).parent / "results"
 WORKDIR = Path(".cache/bench")
@@ -157,12 +157,8 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, A
         runners["edgecam_int8"], builds["int8"] = edgecam_runner(
             quantized, WORKDIR / f"{name}-int8-artifact", options
         )
-    samples: dict[str, list[float]] = {engine: [] for engine in runners}
-    # Short rounds, engines in turn: this VM's speed drifts by up to ±30% over minutes, and a drift
-    # then reaches every engine alike instead of whichever ran in that stretch.
-    for _ in range(args.rounds):
-        for engine, run in runners.items():
-            samples[engine] += timed(lambda run=run: run(feed), max(args.runs // args.rounds, 1), warmup=5)
+    calls = {engine: (lambda run=run: run(feed)) for engine, run in runners.items()}
+    samples = in_turns(calls, args.runs, args.rounds)
     results = {}
     for engine, ms in samples.items():
         median = float(np.median(ms))
