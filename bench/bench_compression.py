@@ -13,15 +13,13 @@ hold. The record goes to bench/results/bench_compression-<date>-<host>.json.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from machine_info import machine, stamp
+from machine_info import machine, save_record, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "models" / "fashion_cnn" / "recipes"
-RESULTS = Path(__file__).parent / "results"
 # Recipes measured: name → (recipe file, passes replacing the file's, or None to keep them).
 CASES: dict[str, tuple[str, list[dict[str, Any]] | None]] = {
     "int8": ("int8.yaml", None),
@@ -102,7 +100,7 @@ def main() -> None:
     host = machine(onnxruntime=onnxruntime.__version__, tvm=tvm.__version__, onnxruntime_threads=2)
     cases = {name: run_case(name, args.limit, args.runs) for name in args.cases}
     summary = {name: summarize(name, case) for name, case in cases.items()}
-    created, day = stamp()
+    created = stamp()[0]
     record = {"created": created, "machine": host, "runs": args.runs, "images": args.limit}
     record |= {"summary": summary, "cases": cases}
     if set(CASES) <= set(cases):
@@ -117,10 +115,7 @@ def main() -> None:
         )
     for what, held in record.get("targets", {}).items():
         print(f"{'met' if held else 'NOT met':8} {what}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench_compression-{day}-{host['host']}.json"
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    save_record("bench_compression", record)
 
 
 if __name__ == "__main__":

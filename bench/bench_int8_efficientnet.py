@@ -14,20 +14,17 @@ of each model, interleaved in rounds so machine load hits them alike. Results go
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine_info import machine
+from machine_info import machine, save_record
 from timing import in_turns, summary
 
-RESULTS = Path(__file__).parent / "results"
 ROUNDS = 4
 CONFIDENT = 0.5  # fp32 softmax top-1 probability above which a prediction counts as confident
 
@@ -180,14 +177,8 @@ def main() -> None:
         "initializer_bytes": run.changes["initializer_bytes"],
     }
     report(record)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     names = {"weight_rounding": args.weight_rounding, "reduce_range": "reduce-range"}
-    variant = "".join(f"{names[k]}-" for k in options)
-    out = RESULTS / (
-        f"bench_int8_efficientnet-{variant}{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
-    )
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_record("-".join(["bench_int8_efficientnet", *(names[k] for k in options)]), record)
 
 
 def report(record: dict[str, Any]) -> None:

@@ -15,17 +15,15 @@ goes to bench/results/bench_int8_kernels-<date>-<host>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine_info import machine, stamp
+from machine_info import machine, save_record, stamp
 from timing import tvm_threads
 
-RESULTS = Path(__file__).parent / "results"
 PASSES = 3
 # (input channels, map size, output channels): MobileNetV2's expansions and projections, its last conv.
 SHAPES = [(96, 14, 576), (576, 14, 96), (32, 56, 192), (160, 7, 960), (320, 7, 1280)]
@@ -183,13 +181,10 @@ def main() -> None:
                 f"({s['int8_7bit']:.2f}×)",
                 flush=True,
             )
-    created, day = stamp()
+    created = stamp()[0]
     host = machine(tvm=tvm.__version__, threads=args.threads)
     record = {"created": created, "machine": host, "mcpu": "x86-64-v3", "kernels": rows}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench_int8_kernels-{day}-{host['host']}.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
+    save_record("bench_int8_kernels", record)
 
 
 if __name__ == "__main__":

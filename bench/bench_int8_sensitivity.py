@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine_info import machine, stamp
+from machine_info import machine, save_record, stamp
 
-RESULTS = Path(__file__).parent / "results"
 WORKDIR = Path(".cache/bench")
 
 
@@ -98,7 +96,7 @@ def main() -> None:
         print(f"{keep:2} most costly layers kept at full int8: {row}", flush=True)
     count = len(images)
     p = baseline["int8"]["agreement"]
-    created, day = stamp()
+    created = stamp()[0]
     host = machine(onnxruntime=onnxruntime.__version__)
     record = {
         "created": created,
@@ -110,10 +108,7 @@ def main() -> None:
         "layers": [row for row, _ in layers],
         "keep_sweep": sweep,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench_int8_sensitivity-{day}-{host['host']}.json"
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
+    save_record("bench_int8_sensitivity", record)
 
 
 if __name__ == "__main__":

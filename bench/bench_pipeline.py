@@ -23,7 +23,6 @@ Results go to bench/results/ with machine and date. gRPC overhead is bench_runti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine_info import cpu_model
-
-RESULTS = Path(__file__).parent / "results"
+from machine_info import cpu_model, save_record
 
 
 def raw_fps(model: Any, inputs: list[np.ndarray], runs: int, warmup: int = 10) -> tuple[float, float]:
@@ -148,10 +145,7 @@ def main() -> None:
         f"  preprocessing inline: {ratios['inline_over_raw']:.3f}; "
         f"unpaced camera: {ratios['unpaced_over_raw']:.3f}"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench_pipeline-{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_record("bench_pipeline", record)
 
 
 if __name__ == "__main__":

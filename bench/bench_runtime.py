@@ -11,16 +11,13 @@ preprocessed sample images, taking turns in `--rounds` rounds, then the same art
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from machine_info import cpu_model
+from machine_info import cpu_model, save_record
 from timing import in_turns, summary, timed, tvm_threads
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -96,10 +93,7 @@ def main() -> None:
         print(f"{label:<12} median {r['median_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms   ({r['runs']} runs)")
     print(f"TVM / ONNX Runtime median latency: {ratios['tvm_over_onnxruntime']:.2f}x")
     print(f"gRPC round trip over in-process TVM: +{ratios['grpc_overhead_ms']:.3f} ms (median)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench_runtime-{datetime.now(UTC):%Y%m%d}-{platform.node() or 'host'}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_record("bench_runtime", record)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ The record goes to bench/results/bench_targets-<date>-<host>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import shapes
-from machine_info import machine, peak_gflops, stamp
+from machine_info import machine, peak_gflops, save_record, stamp
 from timing import in_turns, tvm_threads
 
-RESULTS = Path(__file__).parent / "results"
 WORKDIR = Path(".cache/bench")
 
 
@@ -203,7 +201,7 @@ def main() -> None:
     host = machine(onnxruntime=onnxruntime.__version__, tvm=tvm.__version__, threads=args.threads)
     peak = peak_gflops(args.threads)
     models = {name: bench_model(name, args, peak) for name in args.models}
-    created, day = stamp()
+    created = stamp()[0]
     record = {
         "created": created,
         "machine": host,
@@ -222,15 +220,12 @@ def main() -> None:
                 f"{r['gflops']:6.1f} GFLOP/s ({r['peak_fraction']:.1%} of peak)"
             )
         print("  " + "  ".join(f"{k} {v:.2f}×" for k, v in entry["ratios"].items()))
-    RESULTS.mkdir(exist_ok=True)
     suffix = (
         ("" if args.mcpu == "portable" else f"-{args.mcpu}")
         + ("" if args.threads == 2 else f"-t{args.threads}")
         + ("-rr" if args.reduce_range else "")
     )
-    out = RESULTS / f"bench_targets-{day}-{host['host']}{suffix}.json"
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    save_record("bench_targets", record, suffix)
 
 
 if __name__ == "__main__":

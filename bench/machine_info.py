@@ -3,6 +3,7 @@ compared by mistake (imported by the bench scripts, which run with bench/ on sys
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+RESULTS = Path(__file__).parent / "results"
 # ISA extensions that decide fp32/int8 kernel speed on x86 (VNNI: int8 dot products).
 _ISA = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd", "asimddp", "i8mm"}
 
@@ -46,6 +48,15 @@ def stamp() -> tuple[str, str]:
     """(ISO time, YYYYMMDD) in UTC, for the record and its file name."""
     now = datetime.now(UTC)
     return now.isoformat(timespec="seconds"), now.strftime("%Y%m%d")
+
+
+def save_record(benchmark: str, record: dict[str, Any], suffix: str = "") -> Path:
+    """Write `record` to bench/results/<benchmark>-<YYYYMMDD>-<host><suffix>.json; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{benchmark}-{stamp()[1]}-{socket.gethostname() or 'host'}{suffix}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return out
 
 
 def peak_gflops(cores: int | None = None) -> float:
