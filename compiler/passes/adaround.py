@@ -76,7 +76,6 @@ def adaround(
     fp32: Any,
     feeds: Sequence[Feeds],
     settings: AdaRoundSettings = AdaRoundSettings(),
-    qrange: tuple[int, int] = (-127, 127),
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Edit `qdq`'s int8 Conv/Gemm weights (and their biases) in place; `fp32` is the float graph that
@@ -89,7 +88,7 @@ def adaround(
     by_name = {node.name: node for node in fp32.graph.node if node.name}
     layers, skipped = [], {}
     for node in qdq.graph.node:
-        plan = _layer(node, graph, reference, by_name, qrange)
+        plan = _layer(node, graph, reference, by_name)
         if isinstance(plan, str):
             if plan:
                 skipped[node.name or node.output[0]] = plan
@@ -130,7 +129,6 @@ def _layer(
     graph: OnnxGraph,
     reference: OnnxGraph,
     by_name: dict[str, Any],
-    qrange: tuple[int, int],
 ) -> _Layer | str:
     """What re-rounding this node needs, or why it cannot be done ("" for nodes that are no layer)."""
     from onnx import TensorProto, numpy_helper
@@ -172,6 +170,7 @@ def _layer(
             bias = (graph.initializers[node.input[2]], None)
         else:
             return "bias is neither a constant nor a dequantized constant"
+    qrange = _grid(codes, zero)
     plan = _Layer(
         node=node,
         reference=twin,
@@ -189,6 +188,16 @@ def _layer(
     plan.scale = _canonical(plan, np.broadcast_to(scale, full).astype(np.float64))
     plan.zero = _canonical(plan, np.broadcast_to(zero, full).astype(np.float64))
     return plan
+
+
+def _grid(codes: np.ndarray, zero: np.ndarray) -> tuple[int, int]:
+    """The codes a weight may take: ONNX Runtime's symmetric weight grids put each channel's largest
+    |w| on the grid's end (±127, or ±64 for 7-bit `reduce_range` weights), so the nearest codes show
+    it; a weight with zero points may use all of int8."""
+    if np.any(zero):
+        return (-128, 127)
+    bound = int(np.abs(codes.astype(np.int32)).max(initial=1))
+    return (-bound, bound)
 
 
 def _activation(node: Any, graph: OnnxGraph) -> tuple[float, float]:

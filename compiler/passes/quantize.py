@@ -69,7 +69,9 @@ class Int8Config(PassConfig):
     activation_type: Literal["uint8", "int8"] = "uint8"
     # 7-bit weights: u8×s8 pair sums then fit int16, so x86 CPUs without VNNI may add them with
     # vpmaddubsw (edgecam: compiler/targets/x86_dots.py): whole models 1.4-1.9× faster than with full
-    # int8 weights on a znver3, for 45% more logit error on EfficientNet-Lite0 (bench/README.md).
+    # int8 weights on a znver3. Grouped (depthwise) convs keep 8-bit weights: no dot step computes
+    # them, so 7 bits would buy nothing, and they are the layers 7 bits costs most. EfficientNet-Lite0's
+    # logit error: 8-bit 0.060, 7-bit 0.080, 7-bit with AdaRound 0.066 (bench/README.md).
     reduce_range: bool = False
     op_types: tuple[QuantizableOp, ...] = Field(default=DEFAULT_OPS, min_length=1)
     # fnmatch patterns on node names left in float (e.g. a sensitive first or last layer); a pattern
@@ -126,20 +128,24 @@ class Int8Pass(CompressionPass[Int8Config]):
         onnx.save(model, str(source))
         if self.config.preprocess:
             source = _preprocess(source, work / "preprocessed.onnx")
-        excluded = _excluded_nodes(onnx.load(str(source)), self.config.exclude)
+        prepared = onnx.load(str(source))
+        excluded = _excluded_nodes(prepared, self.config.exclude)
         quantized = work / "int8.onnx"
-        self._quantize(source, quantized, feeds, excluded)
+        self._quantize(source, quantized, feeds, excluded, _grouped_conv_weights(prepared))
         result = onnx.load(str(quantized))
         _restore_metadata(result, model)
         _float_outputs(result)
         changes = self._changes(model, result, excluded, len(feeds))
         if self.config.bias_correction:
-            changes["bias_correction"] = correct_biases(result, onnx.load(str(source)), feeds)
+            changes["bias_correction"] = correct_biases(result, prepared, feeds)
         if self.config.weight_rounding == "adaround":
-            changes["adaround"] = self._adaround(result, onnx.load(str(source)), feeds, context.progress)
+            changes["adaround"] = self._adaround(result, prepared, feeds, context.progress)
         return PassResult(model=result, changes=changes)
 
-    def _quantize(self, source: Path, target: Path, feeds: list[Feeds], excluded: list[str]) -> None:
+    def _quantize(
+        self, source: Path, target: Path, feeds: list[Feeds], excluded: list[str], grouped: list[str]
+    ) -> None:
+        """`source` → `target` with ORT's quantize_static; `grouped`: the weights of grouped convs."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         config = self.config
@@ -152,6 +158,9 @@ class Int8Pass(CompressionPass[Int8Config]):
         extra: dict[str, Any] = {}
         if config.calibrate_method == "percentile":
             extra["CalibPercentile"] = config.percentile
+        if config.reduce_range and grouped:
+            full = {"reduce_range": False, **({"axis": 0} if config.per_channel else {})}
+            extra["TensorQuantOverrides"] = {name: [dict(full)] for name in grouped}
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress lines
                 quantize_static(
@@ -180,9 +189,8 @@ class Int8Pass(CompressionPass[Int8Config]):
         settings = AdaRoundSettings(
             iterations=config.adaround_iterations, positions=config.adaround_positions
         )
-        bound = 64 if config.reduce_range else 127  # ORT's int8 weight range (symmetric / 7-bit)
         started = time.perf_counter()
-        report = adaround(result, source, feeds, settings, (-bound, bound), progress)
+        report = adaround(result, source, feeds, settings, progress)
         report["seconds"] = round(time.perf_counter() - started, 1)
         return report
 
@@ -317,6 +325,16 @@ def _preprocess(source: Path, target: Path) -> Path:
             "the graph as it is"
         ) from exc
     return target
+
+
+def _grouped_conv_weights(model: Any) -> list[str]:
+    """The constant weights of `model`'s Conv nodes with groups > 1 (depthwise convs among them)."""
+    constants = {init.name for init in model.graph.initializer}
+    return [
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type == "Conv" and OnnxGraph.attribute(node, "group", 1) > 1 and node.input[1] in constants
+    ]
 
 
 def _excluded_nodes(model: Any, patterns: tuple[str, ...]) -> list[str]:

@@ -102,17 +102,22 @@ def test_adaround_lowers_the_layer_error_of_nearest_rounding(tmp_path: Path) -> 
     assert len(shown) == 1 and shown[0].startswith("adaround 1/1 ") and "flipped" in shown[0], shown
 
 
-def test_adaround_weights_stay_int8_within_the_symmetric_range(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("reduce_range", "bound"), [(False, 127), (True, 64)])
+def test_adaround_weights_stay_int8_within_the_symmetric_range(
+    tmp_path: Path, reduce_range: bool, bound: int
+) -> None:
     from onnx import numpy_helper
 
     model = conv_net(seed=4)
     feeds = grid_feeds(16, seed=3)
-    nearest = apply({**ADAROUND, "weight_rounding": "nearest"}, model, feeds, tmp_path / "n").model
-    result = apply(ADAROUND, model, feeds, tmp_path / "a")
+    config = {**ADAROUND, "reduce_range": reduce_range}
+    nearest = apply({**config, "weight_rounding": "nearest"}, model, feeds, tmp_path / "n").model
+    result = apply(config, model, feeds, tmp_path / "a")
     (weight,) = result.changes["int8_weights"]
     codes = numpy_helper.to_array(initializers(result.model)[weight])
     original = numpy_helper.to_array(initializers(nearest)[weight])
-    assert codes.dtype == np.int8 and np.abs(codes.astype(int)).max() <= 127
+    assert np.abs(original.astype(int)).max() == bound  # each channel's largest |w| at the grid's end
+    assert codes.dtype == np.int8 and np.abs(codes.astype(int)).max() <= bound
     # Up or down from the float weight: never more than one step from nearest rounding.
     changed = codes.astype(int) - original.astype(int)
     assert np.abs(changed).max() == 1 and 0 < np.mean(changed != 0) < 0.5

@@ -202,6 +202,25 @@ def test_excluded_and_unlisted_layers_stay_float(tmp_path: Path) -> None:
     assert "fc" not in result.changes["quantized_nodes"]
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_reduce_range_gives_7_bit_weights_to_the_layers_dot_steps_compute(
+    tmp_path: Path, per_channel: bool
+) -> None:
+    """7-bit weights let x86 CPUs without VNNI add u8×s8 pairs in int16; a depthwise conv takes no such
+    step (compiler/lowering/packed_gemm.py: groups 1 only), so it keeps its 8-bit weights."""
+    from onnx import numpy_helper
+
+    config = {"kind": "int8", "reduce_range": True, "per_channel": per_channel}
+    result = apply(config, residual_net(), tmp_path)
+    inits, made_by = initializers(result.model), producers(result.model)
+    largest = {}
+    for node in result.model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            codes = numpy_helper.to_array(inits[made_by[node.input[1]].input[0]])
+            largest[node.name] = int(np.abs(codes.astype(int)).max())
+    assert largest == {"conv1": 64, "conv2": 64, "dwconv": 127, "fc": 64}
+
+
 def test_an_exclude_pattern_that_matches_nothing_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PassError, match=r"'conv9'.*conv1"):
         apply({"kind": "int8", "exclude": ["conv9"]}, residual_net(), tmp_path)
