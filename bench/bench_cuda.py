@@ -7,7 +7,7 @@ Two steps, on two machines:
     python3 bench/bench_cuda.py run --kit bench/.cuda-run --out "$OUT"            # there: on the GPU
 
 `prepare` compiles MobileNetV2 (bench/shapes.py, random weights) and the bundled fashion CNN for cuda
-`--arch` (the lent H100 is sm_90), assembles the kit (bench/cuda_kit.py) and prints the `device` tool
+`--arch` (the lent H100 is sm_90), assembles the kit (bench/device_kit.py) and prints the `device` tool
 call that runs step two: its `carry` list and command.
 
 `run` loads each artifact through edgecam's camera runtime (`TvmRuntime`: TVM in runtime-only mode, the
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import sys
 import time
@@ -37,6 +36,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+KIT = Path("bench/.cuda-run")  # relative to the checkout, as the `run` tool's carry wants it
+MODELS = ("mobilenet_v2", "fashion_cnn")
 ROUNDS = 4
 WARMUP = 20
 SAMPLES = 8
@@ -62,23 +63,43 @@ def main() -> int:
 
 
 def prepare(arch: str, runs: int, cuda_graph: bool) -> int:
-    import cuda_kit
+    import device_kit
 
-    kit = cuda_kit.prepare(arch, cuda_graph)
-    kit_size, tree_size = cuda_kit.size_of(kit), cuda_kit.checkout_bytes()
-    carry, command = cuda_kit.run_call(runs)
-    print(f"\nkit {kit}: {kit_size / 2**20:.1f} MiB; checkout: {tree_size / 2**20:.1f} MiB", end="")
-    print(f"; one call sends {(kit_size + tree_size) / 2**20:.1f} MiB of {cuda_kit.CARRY_LIMIT / 2**20:.0f}")
-    if kit_size + tree_size > cuda_kit.CARRY_LIMIT:
-        print("too much for one call: the device tool would refuse it", file=sys.stderr)
+    kit = ROOT / KIT
+    device_kit.assemble(kit)
+    options = {"arch": arch, "cuda_graph": cuda_graph}
+    for name in MODELS:
+        build_artifact(name, options, kit / "artifacts" / name)
+    (kit / "target_options.json").write_text(json.dumps(options) + "\n")  # into the run's record
+    if not device_kit.fits_one_call(kit):
         return 1
+    carry, command = device_kit.run_call(KIT, "bench_cuda.py", f"--runs {runs}")
     print("\ndevice tool `run` call (kind nvidia-h100-x1, timeout_s 600):")
     print(json.dumps({"carry": carry, "command": command}, indent=2))
     return 0
 
 
+def build_artifact(name: str, options: dict[str, Any], out: Path) -> None:
+    import device_kit
+    import shapes
+
+    from edgecam.compiler.build import compile_model
+
+    if name == "fashion_cnn":
+        from edgecam.models import fashion_cnn
+
+        model = Path(fashion_cnn.onnx_path())
+    else:
+        model = shapes.write(name, ROOT / ".cache/bench")
+    print(f"compiling {name} for cuda {options} ...", flush=True)
+    artifact = compile_model(model, "cuda", out, target_options=options)
+    print(f"  {artifact.manifest.target.device_code}, {device_kit.size_of(out) / 2**20:.1f} MiB", flush=True)
+
+
 def run(kit: Path, out: Path, runs: int, with_compile: bool) -> int:
-    _edgecam_from_checkout()
+    from device_kit import edgecam_from_checkout
+
+    edgecam_from_checkout()
     _preload_cudart()
     from edgecam.compiler.artifact import ArtifactError, load_artifact
     from edgecam.server.runtime.tvm import TvmRuntime, import_tvm_runtime
@@ -302,17 +323,6 @@ def _nvrtc_tripwire() -> list[int]:
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_at_load, override=True)
     return calls
-
-
-def _edgecam_from_checkout() -> None:
-    """Import edgecam from this checkout when it is not installed (the GPU machine): pyproject maps each
-    top-level folder X to the subpackage edgecam.X, so the checkout's root joins the package's path."""
-    if importlib.util.find_spec("edgecam") is not None:
-        return
-    sys.path.insert(0, str(ROOT))
-    import edgecam
-
-    edgecam.__path__.append(str(ROOT))
 
 
 def _preload_cudart() -> None:

@@ -1,29 +1,27 @@
-"""The kit bench_cuda.py carries to a lent GPU machine (the `device` tool's `run`): made here, where the
+"""The kits benchmarks carry to the lent device machine (the `device` tool's `run`): made here, where the
 compiler is, because that machine has Python 3.12, numpy, torch, onnx and onnxruntime but no TVM, no
 edgecam dependencies and no registry to install them from, and takes at most 64 MiB per call.
 
-    bench/.cuda-run/            (ignored by git; named in the call's `carry`)
-      artifacts/<model>/        edgecam CUDA artifacts (cubin for --arch; reference.onnx inside)
+    bench/.<name>-run/          (ignored by git; named in the call's `carry`)
+      artifacts/<model>/        edgecam artifacts built here for that machine
       site/tvm/                 TVM's Python package and runtime libraries, without the compiler
-      wheels/*.whl              cp312 wheels of what edgecam's runtime path imports and the GPU lacks
+      wheels/*.whl              cp312 wheels of what edgecam's runtime path imports and the machine lacks
 
-The checkout itself travels with every call: edgecam is imported from it (bench_cuda.py run).
+The checkout itself travels with every call: edgecam is imported from it (`edgecam_from_checkout`).
+Used by bench_cuda.py (its GPU) and bench_cpu_device.py (its CPU).
 """
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-KIT = Path("bench/.cuda-run")  # relative to the checkout, as the `run` tool's carry wants it
 WHEEL_CACHE = ROOT / ".cache/bench/wheels"
-MODELS = ("mobilenet_v2", "fashion_cnn")
 CARRY_LIMIT = 64 * 2**20  # what one `run` call takes: the checkout plus carried paths
 # Imported on the runtime path (edgecam.compiler.artifact, edgecam.server.runtime.tvm) and absent
 # on the GPU machine; typing-extensions travels too because pydantic needs a recent one.
@@ -39,40 +37,20 @@ WHEELS = (
 _TVM_LEFT_OUT = {"3rdparty", "include", "src", "web"}
 
 
-def prepare(arch: str, cuda_graph: bool = False) -> Path:
-    """Build the kit under ROOT/KIT (replacing it) and return its path."""
-    kit = ROOT / KIT
+def assemble(kit: Path, python_left_out: frozenset[str] = frozenset()) -> None:
+    """Replace `kit` by an empty artifacts/ folder, TVM's runtime package and the wheels; the caller
+    builds its artifacts into kit / "artifacts"."""
     shutil.rmtree(kit, ignore_errors=True)
     (kit / "artifacts").mkdir(parents=True)
-    options = {"arch": arch, "cuda_graph": cuda_graph}
-    for name in MODELS:
-        build_artifact(name, options, kit / "artifacts" / name)
-    (kit / "target_options.json").write_text(json.dumps(options) + "\n")  # into the run's record
-    copy_tvm_runtime(kit / "site" / "tvm")
+    copy_tvm_runtime(kit / "site" / "tvm", python_left_out)
     (kit / "wheels").mkdir()
     for name in WHEELS:
         shutil.copy2(wheel(name, metadata.version(name)), kit / "wheels")
-    return kit
 
 
-def build_artifact(name: str, options: dict[str, Any], out: Path) -> None:
-    import shapes
-
-    from edgecam.compiler.build import compile_model
-
-    if name == "fashion_cnn":
-        from edgecam.models import fashion_cnn
-
-        model = Path(fashion_cnn.onnx_path())
-    else:
-        model = shapes.write(name, ROOT / ".cache/bench")
-    print(f"compiling {name} for cuda {options} ...", flush=True)
-    artifact = compile_model(model, "cuda", out, target_options=options)
-    print(f"  {artifact.manifest.target.device_code}, {size_of(out) / 2**20:.1f} MiB", flush=True)
-
-
-def copy_tvm_runtime(dest: Path) -> None:
-    """The installed TVM package as a camera needs it: Python code and the runtime libraries."""
+def copy_tvm_runtime(dest: Path, python_left_out: frozenset[str] = frozenset()) -> None:
+    """The installed TVM package as a camera needs it: Python code and the runtime libraries, less the
+    subpackages named in `python_left_out` (compiler-side Python a runtime-only import never reaches)."""
     import tvm
 
     source = Path(tvm.__file__).parent
@@ -80,7 +58,7 @@ def copy_tvm_runtime(dest: Path) -> None:
     def ignore(directory: str, names: list[str]) -> set[str]:
         left_out = {"__pycache__"} & set(names)
         if Path(directory) == source:
-            left_out |= _TVM_LEFT_OUT & set(names)
+            left_out |= (_TVM_LEFT_OUT | python_left_out) & set(names)
         if Path(directory) == source / "lib":
             left_out |= {n for n in names if n.startswith("libtvm_compiler")}
         return left_out
@@ -117,14 +95,37 @@ def checkout_bytes() -> int:
     return sum(path.stat().st_size for path in files if path.is_file())
 
 
-def run_call(runs: int) -> tuple[list[str], str]:
-    """The `run` tool's carry list and command for the kit."""
+def run_call(kit: Path, script: str, arguments: str) -> tuple[list[str], str]:
+    """The `run` tool's carry list and command: install the kit's wheels there, then run
+    `bench/<script> run --kit <kit> <arguments> --out "$OUT"` (`kit` relative to the checkout)."""
     command = (
         f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "
-        f"{KIT}/wheels/*.whl && PYTHONPATH={KIT}/site:/tmp/site PYTHONUNBUFFERED=1 "
-        f'python3 bench/bench_cuda.py run --kit {KIT} --runs {runs} --out "$OUT"'
+        f"{kit}/wheels/*.whl && PYTHONPATH={kit}/site:/tmp/site PYTHONUNBUFFERED=1 "
+        f'python3 bench/{script} run --kit {kit} {arguments} --out "$OUT"'
     )
-    return [str(KIT)], command
+    return [str(kit)], command
+
+
+def fits_one_call(kit: Path) -> bool:
+    """Print what one call would send, and whether the device tool would take it."""
+    kit_size, tree_size = size_of(kit), checkout_bytes()
+    print(f"\nkit {kit}: {kit_size / 2**20:.1f} MiB; checkout: {tree_size / 2**20:.1f} MiB", end="")
+    print(f"; one call sends {(kit_size + tree_size) / 2**20:.1f} MiB of {CARRY_LIMIT / 2**20:.0f}")
+    if kit_size + tree_size > CARRY_LIMIT:
+        print("too much for one call: the device tool would refuse it", file=sys.stderr)
+        return False
+    return True
+
+
+def edgecam_from_checkout() -> None:
+    """Import edgecam from this checkout when it is not installed (the device machine): pyproject maps
+    each top-level folder X to the subpackage edgecam.X, so the checkout's root joins the package's path."""
+    if importlib.util.find_spec("edgecam") is not None:
+        return
+    sys.path.insert(0, str(ROOT))
+    import edgecam
+
+    edgecam.__path__.append(str(ROOT))
 
 
 def size_of(path: Path) -> int:
