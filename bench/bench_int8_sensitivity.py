@@ -4,7 +4,8 @@ the evaluation set can resolve.
     .venv/bin/python bench/bench_int8_sensitivity.py [--keep 0 1 2 4 8 16 24]
 
 Applies models/efficientnet_lite0/recipes/int8.yaml twice, with full int8 weights and with 7-bit ones
-(`reduce_range`: the same activation ranges, weights and bias-corrected biases re-quantized). Then,
+(`reduce_range`: the same activation ranges, weights and bias-corrected biases re-quantized; depthwise
+convs keep 8 bits there since 2026-12-03's night: bench_int8_sensitivity-20261203-vm.json predates it). Then,
 under ONNX Runtime's exact int8 kernels on the recipe's 222 evaluation images:
 - each Conv/Gemm alone given its 7-bit weights (and biases): the change of the relative logit error
   ‖int8 − fp32‖ / ‖fp32‖ and the top-1 agreement with fp32;

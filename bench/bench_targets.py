@@ -83,9 +83,8 @@ def int8_model(name: str, path: Path, reduce_range: bool = False) -> Path:
     from edgecam.compiler.frontends.onnx import load_onnx
     from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
 
+    # Quantized afresh on every run (seconds): a cached file would outlive a change to the int8 pass.
     out = WORKDIR / f"{name}-int8{'-rr' if reduce_range else ''}.onnx"
-    if out.is_file():
-        return out
     source = load_onnx(path)
     feeds = calibration(name, source)
     int8 = create_pass(parse_pass_config(int8_config(reduce_range)))
