@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 
 COMPUTE = "packed_gemm"  # the GEMM's TE compute and block name, which cpu_gemm.py schedules
 TILE_ATTR = "edgecam.tile_positions"  # block annotation: positions per register tile (MR)
-DOT_ATTR = "edgecam.dot"  # block annotation of an integer GEMM: its Dot's tensor intrinsic
+# Block annotations of an integer GEMM: its Dot's tensor intrinsic (registered with TVM by the target
+# that supplied the Dot) and its lanes, all the CPU schedule needs to tensorize it.
+DOT_ATTR = "edgecam.dot"
+DOT_LANES_ATTR = "edgecam.dot_lanes"
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ def gemm(data: Any, packed: Any, tile_positions: int, window: Window | None, dot
     attrs: dict[str, Any] = {TILE_ATTR: tile_positions}
     if dot is not None:
         attrs[DOT_ATTR] = dot.intrinsic
+        attrs[DOT_LANES_ATTR] = dot.lanes
     sums = te.compute(
         (rows, blocks * block),
         lambda r, o: te.sum(product(_unravel(r, leading), o), axis=reduce),

@@ -108,8 +108,9 @@ class Target(abc.ABC):
 
     def int8_dots(self, target: Any) -> tuple[Dot, ...]:
         """The integer dot-product steps this target's CPU (`target`: its TVM target) computes int8
-        GEMMs with (compiler/lowering/packed_gemm.py), the fastest first; none: integer layers keep
-        TOPI's compute and RegisterTiles' or ParallelRows' schedule."""
+        GEMMs with (compiler/lowering/packed_gemm.py), the fastest first, each registered with TVM as
+        the tensor intrinsic it names; none: integer layers keep TOPI's compute and RegisterTiles' or
+        ParallelRows' schedule."""
         return ()
 
     def build(self, mod: Any) -> Any:

@@ -9,8 +9,9 @@ epilogue (the reshape back to rows and columns, bias, activation, residual add) 
 while its sums are in registers, for the real positions only.
 
 An integer GEMM (DOT_ATTR) adds its products in dot-product steps, `group` input channels per lane
-(compiler/targets/x86_dots.py): those channels go innermost, under the tile, and each vector of the
-tile's output channels × those channels is one tensorized step.
+(the target's, e.g. compiler/targets/x86_dots.py): those channels go innermost, under the tile, and
+each vector of the tile's output channels × those channels is one tensorized step. The block names the
+step's tensor intrinsic and lanes, so this schedule serves any target's steps.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgecam.compiler.lowering.packed_gemm import COMPUTE, DOT_ATTR, TILE_ATTR, Dot
-from edgecam.compiler.targets import x86_dots
+from edgecam.compiler.lowering.packed_gemm import COMPUTE, DOT_ATTR, DOT_LANES_ATTR, TILE_ATTR
 from edgecam.compiler.targets.cpu_schedules import CpuRule, in_vectors, one_reduction, pads_input
 from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
@@ -47,7 +47,7 @@ class PackedGemm(CpuRule):
         spatial = [i for i in reduction.iters if i.kind == "S"]
         weights = _read_along(block, spatial[-1].var)
         dot = _dot(block)
-        lanes = dot.lanes if dot else vector_lanes(target)
+        lanes = dot[1] if dot else vector_lanes(target)
         if weights is None or int(weights.shape[-2 if dot else -1]) % lanes:
             return None
         channels = int(weights.shape[-2 if dot else -1])
@@ -79,14 +79,15 @@ class PackedGemm(CpuRule):
         sch.unroll(vectors)
         init = sch.decompose_reduction(reduction.block_rv, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(lane, x86_dots.register_intrinsic(dot.intrinsic))
+        sch.tensorize(lane, dot[0])
         return sch
 
 
-def _dot(block: Any) -> Dot | None:
-    """The dot-product step an integer GEMM block is annotated with (None for a float one)."""
+def _dot(block: Any) -> tuple[str, int] | None:
+    """The tensor intrinsic and lanes of the dot-product step an integer GEMM block is annotated with
+    (None for a float one)."""
     name = block.annotations.get(DOT_ATTR)
-    return next((d for d in x86_dots.DOTS if d.intrinsic == str(name)), None) if name else None
+    return (str(name), int(block.annotations[DOT_LANES_ATTR])) if name else None
 
 
 def _read_along(block: Any, output: Any) -> Any:

@@ -34,24 +34,27 @@ DOTS = (VPDPBUSD, VPMADDUBSW, VPMADDWD)
 
 
 def target_dots(target: Any) -> tuple[Dot, ...]:
-    """The steps `target` (an x86 LLVM target) may use, the fastest first."""
+    """The steps `target` (an x86 LLVM target) may use, the fastest first, registered with TVM as
+    tensor intrinsics for the GEMM schedule (compiler/targets/cpu_gemm.py) to tensorize with."""
     from tvm.target import codegen
 
     features = set(codegen.llvm_get_cpu_features(target))
     if "avx512vnni" in features:
-        return (VPDPBUSD,)
-    return (VPMADDUBSW, VPMADDWD) if "avx2" in features else ()
+        dots: tuple[Dot, ...] = (VPDPBUSD,)
+    else:
+        dots = (VPMADDUBSW, VPMADDWD) if "avx2" in features else ()
+    for dot in dots:
+        _register(dot)
+    return dots
 
 
-def register_intrinsic(name: str) -> str:
-    """Register the step `name` with TVM once (TVM's own x86 intrinsics module takes ~45 s to import,
-    for every target's intrinsics); returns `name`."""
+def _register(dot: Dot) -> None:
+    """Register `dot` with TVM once (TVM's own x86 intrinsics module takes ~45 s to import, for every
+    target's intrinsics)."""
     from tvm.s_tir import TensorIntrin
 
-    if TensorIntrin.get(name, allow_missing=True) is None:
-        [dot] = [d for d in DOTS if d.intrinsic == name]
-        TensorIntrin.register(name, _step(dot, None), _step(dot, _BODIES[name]))
-    return name
+    if TensorIntrin.get(dot.intrinsic, allow_missing=True) is None:
+        TensorIntrin.register(dot.intrinsic, _step(dot, None), _step(dot, _BODIES[dot.intrinsic]))
 
 
 # A step's body: (TVMScript module, a, b, c) → the accumulators' new vector. One expression: a name
