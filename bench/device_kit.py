@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEEL_CACHE = ROOT / ".cache/bench/wheels"
 CARRY_LIMIT = 64 * 2**20  # what one `run` call takes: the checkout plus carried paths
 # Imported on the runtime path (edgecam.compiler.artifact, edgecam.server.runtime.tvm) and absent
-# on the GPU machine; typing-extensions travels too because pydantic needs a recent one.
+# on the device machine; typing-extensions travels too because pydantic needs a recent one.
 WHEELS = (
     "apache-tvm-ffi",
     "pydantic",
