@@ -17,6 +17,10 @@ reference ONNX stays here (one call carries 64 MiB). What the outputs must be tr
 `SAMPLES` real frames: ONNX Runtime's (fp32; int8 with exact kernels) and this machine's AVX2 build of
 the same int8 model (the VNNI build adds the same integers, so it should agree).
 
+It also carries, where they fit, int8 and fp32 builds for CPUs with AVX-VNNI but no AVX-512 (x86-64-v3
++ avxvnni: Intel's Alder Lake and later client cores, N100-class boxes among them), which the device
+CPU runs too.
+
 `run` loads each artifact as a camera does (a CPU without the features the build needs refuses it,
 naming them: recorded, model skipped), checks its outputs, then times edgecam fp32 and int8 and ONNX
 Runtime fp32 and int8 (MobileNetV2: its fp32 ONNX rebuilt there from bench/shapes.py and checked by
@@ -47,6 +51,20 @@ ROUNDS = 12
 # script, tirx, backend, target, te, ...; relax only with the compiler library). Checked by running
 # this script's `run` here on a kit built for this CPU.
 _COMPILER_PYTHON = frozenset({"relax", "s_tir", "topi"})
+# Builds for CPUs with AVX-VNNI but no AVX-512 (Intel's Alder Lake and later client cores, N100-class
+# boxes among them), run on the device CPU (which has both) where they fit the call, in this order:
+# name → (model, target options). The "fp32" and "int8" builds are for `--mcpu`/`--mattr`.
+AVX2_BUILDS = {
+    "int8_avx_vnni": ("int8", {"mcpu": "x86-64-v3", "mattr": ["+avxvnni"]}),
+    "fp32_avx2": ("fp32", {"mcpu": "x86-64-v3", "mattr": []}),
+}
+# Engine pairs whose ratio of medians the record reports (first / second), where both ran.
+RATIOS = (
+    ("edgecam_fp32", "edgecam_int8"),
+    ("edgecam_fp32_avx2", "edgecam_int8_avx_vnni"),
+    ("edgecam_fp32", "ort_fp32"),
+    ("edgecam_int8", "ort_int8"),
+)
 
 
 def kit_path(model: str) -> Path:
@@ -99,10 +117,20 @@ def prepare(name: str, target: dict[str, Any], runs: int, threads: int) -> int:
     here = build(models["int8"], {"mcpu": "x86-64-v3"}, WORKDIR / f"{name}-int8-x86-64-v3")
     expected |= outputs("edgecam_int8_avx2", edgecam_session(here), feeds)
     np.savez(kit / "expected.npz", **expected)
-    # ONNX Runtime's int8 peer where its ONNX still fits the call; MobileNetV2's fp32 one is rebuilt there.
-    room = device_kit.CARRY_LIMIT - device_kit.size_of(kit) - device_kit.checkout_bytes()
-    if models["int8"].stat().st_size < room - 2**20:
-        shutil.copy2(models["int8"], kit / "int8.onnx")
+    # What else fits the call: the AVX-VNNI int8 build, ONNX Runtime's int8 peer (MobileNetV2's fp32
+    # one is rebuilt there), the AVX2 fp32 build to compare the AVX-VNNI one with.
+    extras = [("int8_avx_vnni", AVX2_BUILDS["int8_avx_vnni"]), ("int8.onnx", None)]
+    extras.append(("fp32_avx2", AVX2_BUILDS["fp32_avx2"]))
+    for extra, build_of in extras:
+        room = device_kit.CARRY_LIMIT - device_kit.size_of(kit) - device_kit.checkout_bytes() - 2**20
+        if build_of is None:
+            if models["int8"].stat().st_size < room:
+                shutil.copy2(models["int8"], kit / extra)
+            continue
+        kind, options = build_of
+        artifact = build(models[kind], options, WORKDIR / f"{name}-{extra}")
+        if (artifact.path / artifact.manifest.library).stat().st_size < room:
+            carry_library(artifact, kit / "artifacts" / extra)
     (kit / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     if not device_kit.fits_one_call(kit):
         return 1
@@ -175,17 +203,17 @@ def run(kit: Path, out: Path, runs: int, threads: int) -> int:
         "settings": {**settings, "runs": runs, "rounds": ROUNDS, "samples": SAMPLES, "rtol": RTOL},
     }
     runtimes, refused = {}, {}
-    for kind in ("fp32", "int8"):
+    for folder in sorted((kit / "artifacts").iterdir()):
         try:
-            artifact = load_artifact(kit / "artifacts" / kind)
+            artifact = load_artifact(folder)
         except ArtifactError as exc:  # e.g. a CPU without VNNI: refused before any instruction runs
-            refused[kind] = str(exc)
+            refused[folder.name] = str(exc)
             continue
-        runtimes[kind] = (artifact, TvmRuntime(artifact))
-    ok = not refused
+        runtimes[folder.name] = (artifact, TvmRuntime(artifact))
     if refused:
         record["refused_at_load"] = refused
-    else:
+    ok = {"fp32", "int8"} <= set(runtimes)
+    if ok:
         record |= bench_model(kit, runtimes, settings, runs, threads)
         ok = all(check["ok"] for check in record["checks"].values())
     out.mkdir(parents=True, exist_ok=True)
@@ -206,11 +234,15 @@ def bench_model(
     input_name, output_name = artifact.manifest.inputs[0].name, artifact.manifest.outputs[0].name
     feeds = [{input_name: expected[f"input_{i}"]} for i in range(SAMPLES)]
     got = {kind: np.stack([rt.run(f)[output_name] for f in feeds]) for kind, (_, rt) in runtimes.items()}
+    # fp32 builds against ONNX Runtime; int8 ones against this machine's AVX2 build of the same model,
+    # which adds the same integers (ONNX Runtime rounds its requantization its own way, one step apart:
+    # reported, not checked).
     checks = {
-        "edgecam_fp32_vs_ort_fp32": _check(got["fp32"], expected["ort_fp32"]),
-        "edgecam_int8_vs_edgecam_int8_avx2": _check(got["int8"], expected["edgecam_int8_avx2"]),
+        f"edgecam_{kind}": _check(
+            got[kind], expected["ort_fp32" if kind.startswith("fp32") else "edgecam_int8_avx2"]
+        )
+        for kind in got
     }
-    # Information, not a check: edgecam's int8 rounds its requantization its own way (one step apart).
     int8_vs_ort = {"max_abs_diff": float(np.abs(got["int8"] - expected["ort_int8"]).max())}
     engines = {f"edgecam_{kind}": _caller(rt, feeds[0]) for kind, (_, rt) in runtimes.items()}
     for kind, session in ort_sessions(kit, settings, threads).items():
@@ -218,10 +250,7 @@ def bench_model(
     samples = in_turns(engines, runs, ROUNDS)
     timings = {engine: summary(ms) for engine, ms in samples.items()}
     median = {engine: t["median_ms"] for engine, t in timings.items()}
-    ratios = {"edgecam_fp32_over_edgecam_int8": median["edgecam_fp32"] / median["edgecam_int8"]}
-    for kind in ("fp32", "int8"):
-        if f"ort_{kind}" in median:
-            ratios[f"edgecam_{kind}_over_ort_{kind}"] = median[f"edgecam_{kind}"] / median[f"ort_{kind}"]
+    ratios = {f"{a}_over_{b}": median[a] / median[b] for a, b in RATIOS if a in median and b in median}
     return {"checks": checks, "int8_vs_ort_int8": int8_vs_ort, "timings_ms": timings, "ratios": ratios}
 
 

@@ -165,7 +165,7 @@ class X86Target(Target):
         return [f"-{to_llvm[flag]}" for flag in hidden]
 
     def int8_dots(self, target: Any) -> tuple[Dot, ...]:
-        """vpdpbusd with AVX-512 VNNI; else vpmaddubsw (7-bit weights) or vpmaddwd on AVX2."""
+        """vpdpbusd with AVX-512 VNNI or AVX-VNNI; else vpmaddubsw (7-bit weights) or vpmaddwd on AVX2."""
         from edgecam.compiler.targets import x86_dots
 
         return x86_dots.target_dots(target)

@@ -5,6 +5,8 @@ for one vector of output channels, the products of a few consecutive input chann
 (broadcast to every lane) by those channels' weights (one contiguous load of the packed weights):
 
 - `VPDPBUSD` (AVX-512 VNNI): 16 lanes × 4 uint8 × int8 products, one instruction.
+- `VPDPBUSD_YMM` (AVX-VNNI, the VEX form on CPUs without AVX-512: Intel's Alder Lake and later client
+  cores, N100-class boxes among them): 8 lanes × 4 products, one instruction.
 - `VPMADDUBSW` (AVX2): 8 lanes × 4 products: vpmaddubsw adds pairs of uint8 × int8 products into
   int16, vpmaddwd adds pairs of those into int32. The int16 pair saturates unless
   255 · (|w0| + |w1|) ≤ 32767, so only layers whose weights all keep |w| ≤ 64 take it (ONNX
@@ -27,10 +29,12 @@ from edgecam.compiler.lowering.packed_gemm import Dot
 
 # AVX-512 has 32 vector registers; vpdpbusd accumulates in place.
 VPDPBUSD = Dot("edgecam_vpdpbusd_16x4", 16, 4, "int8", 128, 16)
+# AVX2's 16 registers: the sums, the broadcast input and a weight vector (vpdpbusd adds in place).
+VPDPBUSD_YMM = Dot("edgecam_vpdpbusd_8x4", 8, 4, "int8", 128, 12)
 # AVX2 has 16: the step also needs the broadcast input, the products and (vpmaddubsw) a vector of ones.
 VPMADDUBSW = Dot("edgecam_vpmaddubsw_8x4", 8, 4, "int8", 64, 10)
 VPMADDWD = Dot("edgecam_vpmaddwd_8x2", 8, 2, "int16", 128, 10)
-DOTS = (VPDPBUSD, VPMADDUBSW, VPMADDWD)
+DOTS = (VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD)
 
 
 def target_dots(target: Any) -> tuple[Dot, ...]:
@@ -41,6 +45,8 @@ def target_dots(target: Any) -> tuple[Dot, ...]:
     features = set(codegen.llvm_get_cpu_features(target))
     if "avx512vnni" in features:
         dots: tuple[Dot, ...] = (VPDPBUSD,)
+    elif "avxvnni" in features:
+        dots = (VPDPBUSD_YMM,)
     else:
         dots = (VPMADDUBSW, VPMADDWD) if "avx2" in features else ()
     for dot in dots:
@@ -103,6 +109,18 @@ def _vpdpbusd(T: Any, a: Any, b: Any, c: Any) -> Any:
     )
 
 
+def _vpdpbusd_ymm(T: Any, a: Any, b: Any, c: Any) -> Any:
+    """As `_vpdpbusd` in 256 bits: LLVM encodes its 256-bit intrinsic as AVX-VNNI's VEX vpdpbusd where
+    the target has AVX-VNNI and not AVX-512 VNNI with VL."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+        c.vload([0], dtype="int32x8"),
+        T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
+        b.vload([0, 0], dtype="int8x32"),
+        dtype="int32x8",
+    )
+
+
 def _vpmaddubsw(T: Any, a: Any, b: Any, c: Any) -> Any:
     """The 4 input bytes broadcast as one int32; vpmaddubsw → 16 int16 pair sums; vpmaddwd by ones →
     8 int32 sums of 4 products, added to the accumulators."""
@@ -137,6 +155,7 @@ def _broadcast(T: Any, a: Any, group: str, word: str, lanes: int) -> Any:
 
 _BODIES: dict[str, Body] = {
     VPDPBUSD.intrinsic: _vpdpbusd,
+    VPDPBUSD_YMM.intrinsic: _vpdpbusd_ymm,
     VPMADDUBSW.intrinsic: _vpmaddubsw,
     VPMADDWD.intrinsic: _vpmaddwd,
 }

@@ -95,6 +95,8 @@ def test_a_dot_takes_only_weights_it_computes_exactly() -> None:
     [
         ("x86_64", "znver4", False, [x86_dots.VPDPBUSD.intrinsic] * 2),
         ("x86_64", "icelake-server", False, [x86_dots.VPDPBUSD.intrinsic] * 2),
+        ("x86_64", "alderlake", False, [x86_dots.VPDPBUSD_YMM.intrinsic] * 2),  # AVX-VNNI, no AVX-512
+        ("x86_64", "alderlake", True, [x86_dots.VPDPBUSD_YMM.intrinsic] * 2),
         ("x86_64", "x86-64-v3", False, [x86_dots.VPMADDWD.intrinsic] * 2),
         ("x86_64", "x86-64-v3", True, [x86_dots.VPMADDUBSW.intrinsic] * 2),
         ("x86_64", "x86-64-v2", False, []),  # SSE4.2 only: no dot step, RegisterTiles' code
@@ -115,6 +117,7 @@ def test_each_target_computes_int8_layers_with_its_fastest_exact_step(
     ("mcpu", "reduce_range", "instructions"),
     [
         ("znver4", False, ("vpdpbusd",)),  # building needs no VNNI on this host; only running does
+        ("alderlake", False, ("{vex} vpdpbusd",)),  # AVX-VNNI's VEX form, on ymm registers
         ("x86-64-v3", False, ("vpmaddwd", "vpmovzxbw")),
         ("x86-64-v3", True, ("vpmaddubsw", "vpmaddwd")),
     ],
@@ -165,3 +168,8 @@ def test_an_int8_dense_layer_is_a_packed_gemm_too(tmp_path: Path) -> None:
 @pytest.mark.skipif("avx512_vnni" not in host_cpu_features(), reason="running VNNI code needs a VNNI CPU")
 def test_the_vnni_build_matches_onnxruntime_within_one_step(tmp_path: Path) -> None:
     _matches_onnxruntime(quantized_net(tmp_path), None, feeds(8, seed=2))  # this host's CPU: VNNI
+
+
+@pytest.mark.skipif("avx_vnni" not in host_cpu_features(), reason="running AVX-VNNI code needs such a CPU")
+def test_the_avx_vnni_build_matches_onnxruntime_within_one_step(tmp_path: Path) -> None:
+    _matches_onnxruntime(quantized_net(tmp_path), "alderlake", feeds(8, seed=2))
