@@ -51,9 +51,15 @@ def stamp() -> tuple[str, str]:
 
 
 def save_record(benchmark: str, record: dict[str, Any], suffix: str = "") -> Path:
-    """Write `record` to bench/results/<benchmark>-<YYYYMMDD>-<host><suffix>.json; returns the path."""
+    """Write `record` to bench/results/<benchmark>-<YYYYMMDD>-<host><suffix>.json, or, when a run of the
+    same day already wrote that, to ...<suffix>-2.json, -3, ...: no record is overwritten. Returns the
+    path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{benchmark}-{stamp()[1]}-{socket.gethostname() or 'host'}{suffix}.json"
+    stem = f"{benchmark}-{stamp()[1]}-{socket.gethostname() or 'host'}{suffix}"
+    out, runs = RESULTS / f"{stem}.json", 1
+    while out.exists():
+        runs += 1
+        out = RESULTS / f"{stem}-{runs}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
     return out
