@@ -112,10 +112,10 @@ def prepare(name: str, target: dict[str, Any], runs: int, threads: int) -> int:
     for kind, model in models.items():
         artifact = build(model, target, WORKDIR / f"{name}-{kind}-device")
         carry_library(artifact, kit / "artifacts" / kind)
-        expected |= outputs(f"ort_{kind}", ort_session(model, threads), feeds)
+        expected |= outputs(f"ort_{kind}", ort_call(model, threads), feeds)
         settings["onnx_sha256"][kind] = sha256_file(model)
     here = build(models["int8"], {"mcpu": "x86-64-v3"}, WORKDIR / f"{name}-int8-x86-64-v3")
-    expected |= outputs("edgecam_int8_avx2", edgecam_session(here), feeds)
+    expected |= outputs("edgecam_int8_avx2", edgecam_call(here), feeds)
     np.savez(kit / "expected.npz", **expected)
     # What else fits the call: the AVX-VNNI int8 build, ONNX Runtime's int8 peer (MobileNetV2's fp32
     # one is rebuilt there), the AVX2 fp32 build to compare the AVX-VNNI one with.
@@ -165,17 +165,20 @@ def ort_session(model: Path, threads: int) -> Any:
     return ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def edgecam_session(artifact: Any) -> Any:
+def edgecam_call(artifact: Any) -> Any:
     from edgecam.server.runtime.tvm import TvmRuntime
 
     runtime = TvmRuntime(artifact)
     return lambda feed: [runtime.run(feed)[artifact.manifest.outputs[0].name]]
 
 
-def outputs(label: str, engine: Any, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """{label: [samples, ...output shape]} of the first output of `engine` (an ORT session, or a
-    callable taking a feed and returning the outputs)."""
-    run_one = engine if callable(engine) else (lambda feed: engine.run(None, feed))
+def ort_call(model: Path, threads: int) -> Any:
+    session = ort_session(model, threads)
+    return lambda feed: session.run(None, feed)
+
+
+def outputs(label: str, run_one: Any, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{label: [samples, ...output shape]}: the first output `run_one(feed)` returns, per feed."""
     return {label: np.stack([np.asarray(run_one(feed)[0]) for feed in feeds])}
 
 
