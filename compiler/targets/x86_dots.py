@@ -97,28 +97,23 @@ def _step(dot: Dot, body: Body | None) -> Any:
     return step
 
 
-def _vpdpbusd(T: Any, a: Any, b: Any, c: Any) -> Any:
-    """The 4 input bytes as one int32 broadcast to every lane, the 64 weight bytes, one vpdpbusd.
-    LLVM 22 declares its byte operands <64 x i8> (older LLVMs <16 x i32>)."""
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-        c.vload([0], dtype="int32x16"),
-        T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 16), dtype="int8x64"),
-        b.vload([0, 0], dtype="int8x64"),
-        dtype="int32x16",
-    )
+def _vpdpbusd(lanes: int) -> Body:
+    """One vpdpbusd over `lanes` int32 sums: the 4 input bytes as one int32 broadcast to every lane, the
+    4 × `lanes` weight bytes. 16 lanes: AVX-512 VNNI; 8: LLVM encodes the 256-bit intrinsic as AVX-VNNI's
+    VEX vpdpbusd where the target has AVX-VNNI and not AVX-512 VNNI with VL. LLVM 22 declares the byte
+    operands <4·lanes x i8> (older LLVMs <lanes x i32>)."""
+    bits = 32 * lanes
 
+    def body(T: Any, a: Any, b: Any, c: Any) -> Any:
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{bits}"),
+            c.vload([0], dtype=f"int32x{lanes}"),
+            T.reinterpret(_broadcast(T, a, "uint8x4", "int32", lanes), dtype=f"int8x{4 * lanes}"),
+            b.vload([0, 0], dtype=f"int8x{4 * lanes}"),
+            dtype=f"int32x{lanes}",
+        )
 
-def _vpdpbusd_ymm(T: Any, a: Any, b: Any, c: Any) -> Any:
-    """As `_vpdpbusd` in 256 bits: LLVM encodes its 256-bit intrinsic as AVX-VNNI's VEX vpdpbusd where
-    the target has AVX-VNNI and not AVX-512 VNNI with VL."""
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-        c.vload([0], dtype="int32x8"),
-        T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
-        b.vload([0, 0], dtype="int8x32"),
-        dtype="int32x8",
-    )
+    return body
 
 
 def _vpmaddubsw(T: Any, a: Any, b: Any, c: Any) -> Any:
@@ -154,8 +149,8 @@ def _broadcast(T: Any, a: Any, group: str, word: str, lanes: int) -> Any:
 
 
 _BODIES: dict[str, Body] = {
-    VPDPBUSD.intrinsic: _vpdpbusd,
-    VPDPBUSD_YMM.intrinsic: _vpdpbusd_ymm,
+    VPDPBUSD.intrinsic: _vpdpbusd(VPDPBUSD.lanes),
+    VPDPBUSD_YMM.intrinsic: _vpdpbusd(VPDPBUSD_YMM.lanes),
     VPMADDUBSW.intrinsic: _vpmaddubsw,
     VPMADDWD.intrinsic: _vpmaddwd,
 }
