@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from device_kit import RTOL, check_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / ".cache/bench/cpu-device"
 MODELS = ("efficientnet_lite0", "mobilenet_v2")
 SAMPLES = 2  # frames whose outputs are checked there (each input travels as 0.6 MB of float32)
-RTOL = 1e-3  # |edgecam - reference| ≤ RTOL × max(1, max |reference|), as bench_cuda.py
 ROUNDS = 12
 # TVM's compiler-side Python that a runtime-only `import tvm` never reaches (tvm/__init__.py imports
 # script, tirx, backend, target, te, ...; relax only with the compiler library). Checked by running
@@ -279,16 +279,9 @@ def _caller(runtime: Any, feed: dict[str, np.ndarray]) -> Any:
 
 
 def _check(got: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
-    difference = float(np.abs(got - expected).max())
-    scale = max(1.0, float(np.abs(expected).max()))
+    """device_kit.check_outputs over the samples, and how often both pick the same top-1 class."""
     top1 = [array.reshape(len(array), -1).argmax(1) for array in (got, expected)]
-    same_top1 = float(np.mean(top1[0] == top1[1]))
-    return {
-        "max_abs_diff": difference,
-        "scale": scale,
-        "same_top1": same_top1,
-        "ok": difference <= RTOL * scale,
-    }
+    return {**check_outputs(got, expected), "same_top1": float(np.mean(top1[0] == top1[1]))}
 
 
 if __name__ == "__main__":

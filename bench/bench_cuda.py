@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from device_kit import RTOL, check_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = Path("bench/.cuda-run")  # relative to the checkout, as the `run` tool's carry wants it
@@ -41,7 +42,6 @@ MODELS = ("mobilenet_v2", "fashion_cnn")
 ROUNDS = 4
 WARMUP = 20
 SAMPLES = 8
-RTOL = 1e-3  # |edgecam - ONNX Runtime| ≤ RTOL × max(1, max |ONNX Runtime output|)
 
 
 def main() -> int:
@@ -170,7 +170,7 @@ def bench_model(name: str, artifact: Any, runtime: Any, runs: int, with_compile:
     session = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
     expected = [session.run(None, feed)[0] for feed in feeds]
     output = artifact.manifest.outputs[0].name
-    checks = {"edgecam": _check([runtime.run(feed)[output] for feed in feeds], expected)}
+    checks = {"edgecam": check_outputs([runtime.run(feed)[output] for feed in feeds], expected)}
     engines = edgecam_engines(artifact, runtime, feeds[0])
     if name == "mobilenet_v2":
         torch_engines, torch_checks = pytorch_engines(reference, feeds, expected, with_compile)
@@ -236,7 +236,7 @@ def pytorch_engines(
 
     with torch.inference_mode():
         got = [net(torch.from_numpy(next(iter(f.values()))).cuda()).cpu().numpy() for f in feeds]
-    checks = {"torch_eager_fp32": _check(got, expected)}
+    checks = {"torch_eager_fp32": check_outputs(got, expected)}
     engines: dict[str, Callable[[], Any]] = {
         "torch_eager_fp32_end_to_end": end_to_end,
         "torch_eager_fp32_on_device": on_device(net),
@@ -252,7 +252,7 @@ def pytorch_engines(
                 for _ in range(3):  # compiles, then records the CUDA graph in reduce-overhead mode
                     on_device(compiled)()
                 with torch.inference_mode():
-                    checks[label] = _check([compiled(x).cpu().numpy()], expected[:1])
+                    checks[label] = check_outputs([compiled(x).cpu().numpy()], expected[:1])
                 engines[label + "_on_device"] = on_device(compiled)
             except Exception as exc:  # record why, keep the rest of the run
                 checks[label] = {"ok": True, "skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
@@ -302,12 +302,6 @@ def kernel_profile(call: Callable[[], Any], calls: int = 20) -> dict[str, Any]:
         "gpu_ms_per_call": round(sum(e.device_time for e in kernels) / 1e3 / calls, 4),
         "top_kernels_ms": {name[:80]: round(ms, 4) for name, ms in top},
     }
-
-
-def _check(got: list[np.ndarray], expected: list[np.ndarray]) -> dict[str, Any]:
-    difference = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
-    scale = max(1.0, max(float(np.abs(e).max()) for e in expected))
-    return {"max_abs_diff": difference, "scale": scale, "ok": difference <= RTOL * scale}
 
 
 def _nvrtc_tripwire() -> list[int]:

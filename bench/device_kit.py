@@ -17,11 +17,16 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_CACHE = ROOT / ".cache/bench/wheels"
+RTOL = 1e-3  # what the runs there accept: |edgecam - reference| ≤ RTOL × max(1, max |reference|)
 CARRY_LIMIT = 64 * 2**20  # what one `run` call takes: the checkout plus carried paths
 # Imported on the runtime path (edgecam.compiler.artifact, edgecam.server.runtime.tvm) and absent
 # on the device machine; typing-extensions travels too because pydantic needs a recent one.
@@ -130,3 +135,10 @@ def edgecam_from_checkout() -> None:
 
 def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def check_outputs(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How far outputs run there are from the reference's, per sample, and whether within RTOL."""
+    difference = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
+    scale = max(1.0, max(float(np.abs(e).max()) for e in expected))
+    return {"max_abs_diff": difference, "scale": scale, "ok": difference <= RTOL * scale}
