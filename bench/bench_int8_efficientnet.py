@@ -76,7 +76,7 @@ def unfused_session(model: Any) -> Any:
 
 
 def agreements(run: Any, fp16: Any, photos: int) -> tuple[dict[str, Any], np.ndarray]:
-    from edgecam.models.efficientnet_lite0.agreement import agreement, logits, session
+    from edgecam.models.efficientnet_lite0.agreement import agreement, logits, relative_logit_error, session
 
     reference = logits(session(run.fp32), run.evaluation)
     exact = logits(session(run.compressed), run.evaluation)
@@ -99,10 +99,7 @@ def agreements(run: Any, fp16: Any, photos: int) -> tuple[dict[str, Any], np.nda
         # The QDQ graph's own arithmetic (no fused kernels): what quantization costs, kernels aside.
         "int8_simulated": agreement(reference, simulated),
         "int8_kernels_vs_simulated": agreement(simulated, exact),
-        "int8_relative_logit_error": float(
-            np.linalg.norm(simulated - reference)
-            / np.linalg.norm(reference - reference.mean(1, keepdims=True))
-        ),
+        "int8_relative_logit_error": relative_logit_error(reference, simulated),
     }
     return result, reference
 

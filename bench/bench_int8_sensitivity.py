@@ -5,10 +5,10 @@ the evaluation set can resolve.
 
 Applies models/efficientnet_lite0/recipes/int8.yaml twice, with full int8 weights and with 7-bit ones
 (`reduce_range`: the same activation ranges, weights and bias-corrected biases re-quantized; depthwise
-convs keep 8 bits there since 2026-12-03's night: bench_int8_sensitivity-20261203-vm.json predates it). Then,
-under ONNX Runtime's exact int8 kernels on the recipe's 222 evaluation images:
+convs keep 8 bits there since 2026-12-03's night: bench_int8_sensitivity-20261203-vm.json predates it,
+-vm-2 does not). Then, under ONNX Runtime's exact int8 kernels on the recipe's 222 evaluation images:
 - each Conv/Gemm alone given its 7-bit weights (and biases): the change of the relative logit error
-  ‖int8 − fp32‖ / ‖fp32‖ and the top-1 agreement with fp32;
+  (agreement.relative_logit_error: ‖int8 − fp32‖ over fp32's spread) and the top-1 agreement with fp32;
 - the `--keep` layers whose 7-bit weights cost most kept at full int8, all others 7-bit.
 The logit error says which layers matter; the agreement shows how far it moves without a trend
 (the street frames hold no ImageNet object and their top-1 is a near tie). Record:
@@ -26,11 +26,6 @@ import numpy as np
 from machine_info import machine, save_record, stamp
 
 WORKDIR = Path(".cache/bench")
-
-
-def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
-    norms = np.linalg.norm(reference, axis=1)
-    return float(np.mean(np.linalg.norm(candidate - reference, axis=1) / norms))
 
 
 def layer_weights(model: Any, donor: set[str]) -> list[tuple[str, list[str]]]:
@@ -65,7 +60,13 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
 
-    from edgecam.models.efficientnet_lite0.agreement import agreement, apply_recipe, logits, session
+    from edgecam.models.efficientnet_lite0.agreement import (
+        agreement,
+        apply_recipe,
+        logits,
+        relative_logit_error,
+        session,
+    )
 
     model = WORKDIR / "efficientnet_lite0.onnx"
     if not model.is_file():
@@ -77,7 +78,7 @@ def main() -> None:
 
     def measure(candidate: Any) -> dict[str, float]:
         out = logits(session(candidate), images)
-        return {"agreement": agreement(reference, out), "logit_error": relative_error(reference, out)}
+        return {"agreement": agreement(reference, out), "logit_error": relative_logit_error(reference, out)}
 
     donor = {init.name: init for init in seven.compressed.graph.initializer}
     baseline = {"int8": measure(full.compressed), "int8_7bit": measure(seven.compressed)}

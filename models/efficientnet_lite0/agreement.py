@@ -74,6 +74,14 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
 
 
+def relative_logit_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """‖candidate − reference‖ over the spread of the reference's [N, classes] scores around each
+    row's mean: how far a compressed model's logits moved, which (unlike top-1 agreement) near-tie
+    images do not make jump."""
+    spread = np.linalg.norm(reference - reference.mean(axis=1, keepdims=True))
+    return float(np.linalg.norm(candidate - reference) / spread)
+
+
 def feed_digest(feed: Feeds) -> str:
     import hashlib
 

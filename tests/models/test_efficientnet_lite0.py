@@ -35,7 +35,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def int8_agreement(exported: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[float, int, float]:
-    from edgecam.models.efficientnet_lite0.agreement import agreement, apply_recipe, logits, session
+    from edgecam.models.efficientnet_lite0.agreement import (
+        agreement,
+        apply_recipe,
+        logits,
+        relative_logit_error,
+        session,
+    )
 
     # scikit-image calls pytest.skip() (a BaseException) when PYTEST_CURRENT_TEST is set and one of
     # its optional photos would need a download; the `skimage` data set skips those photos itself.
@@ -44,9 +50,7 @@ def int8_agreement(exported: Any, tmp_path_factory: pytest.TempPathFactory) -> t
         run = apply_recipe(exported.path, tmp_path_factory.mktemp("int8"))
     reference = logits(session(run.fp32), run.evaluation)
     quantized = logits(session(run.compressed), run.evaluation)
-    spread = np.linalg.norm(reference - reference.mean(axis=1, keepdims=True))
-    error = float(np.linalg.norm(quantized - reference) / spread)
-    return agreement(reference, quantized), len(run.evaluation), error
+    return agreement(reference, quantized), len(run.evaluation), relative_logit_error(reference, quantized)
 
 
 def test_export_matches_torch_and_describes_itself(exported: Any) -> None:
