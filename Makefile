@@ -3,12 +3,13 @@ PY      := .venv/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT     := dataset-fashion-mnist prometheus gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 
-.PHONY: demo test test-slow test-fleet test-arm lint typecheck proto bench ci
+.PHONY: demo test test-slow test-slow-other test-fleet test-arm lint typecheck proto bench ci
 
 .venv/.installed-dev: pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
-	$(PY) -m pip install -q -e '.[dev]'
+	# train: torch (the CPU build, pinned) and what the torch tests and EfficientNet-Lite0 export need.
+	$(PY) -m pip install -q -e '.[dev,train]'
 	touch $@
 
 .apt-installed:
@@ -23,6 +24,11 @@ demo: .venv/.installed-dev
 
 test: .venv/.installed-dev .apt-installed
 	$(PY) -m pytest
+
+# The slow suites that need neither qemu nor the fleet: recipes on the bundled CNN, tuning (Ctrl-C
+# resume, RPC tracker), EfficientNet-Lite0 export and int8, the torch side of bench_cuda.
+test-slow-other: .venv/.installed-dev .apt-installed
+	$(PY) -m pytest -m slow --ignore=tests/compiler/test_arm_qemu.py --ignore=tests/deploy/test_ansible_fleet.py
 
 # What the fleet test needs to boot cameras: namespaces, debootstrap, systemd-nspawn, ssh.
 FLEET_APT := debootstrap systemd-container openssh-client iproute2

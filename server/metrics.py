@@ -1,6 +1,6 @@
 """THE metric catalog: every metric the server exports is declared here, on an injected registry.
 
-Conventions (DESIGN.md): prefix `edgecam_`, base units, counters end in `_total`, bounded labels.
+Conventions (docs/architecture.md): prefix `edgecam_`, base units, counters end in `_total`, bounded labels.
 Values that only mean something at scrape time (frame age, fps, model memory) come from callbacks
 that a Collector calls when Prometheus scrapes, so no thread polls them.
 """

@@ -1,7 +1,7 @@
 """Fold QDQ fake quantization into integer convolutions and matmuls: a Relax rewrite.
 
 TVM 0.27's ONNX importer turns an ONNX Runtime QDQ model into float32 `conv2d`/`matmul` between
-`quantize`/`dequantize` pairs (shared/docs/tvm-notes.md): an int8 model runs as fp32 plus the cost
+`quantize`/`dequantize` pairs (docs/tvm-notes.md): an int8 model runs as fp32 plus the cost
 of the Q/DQ ops. `fold_qdq` rewrites each quantized layer into integer arithmetic:
 
     conv2d(dequantize(x_q, s_x, z_x), dequantize(W_q, s_w, 0))        (matmul alike, Gemm's Wᵀ too)

@@ -1,4 +1,4 @@
-"""The one template every pass test subclasses (DESIGN.md: plugin families share one template test).
+"""The one template every pass test subclasses (docs/architecture.md: one template per plugin family).
 
 A subclass sets `config` (a valid config dict), `invalid_configs` (dicts the recipe must refuse),
 and implements `build_model`, `check_structure` (what was removed/shared/factored) and
