@@ -77,12 +77,13 @@ class TokenSet:
         stamp = self._file_stamp()
         if stamp == self._stamp:
             return
+        self._stamp = stamp  # a broken file is reported once, and read again when it changes
         try:
             tokens = read_token_file(self._file)
         except ValueError as exc:  # keep serving the last good set rather than locking everyone out
             log.error("%s; keeping the %d tokens read before", exc, len(self._from_file))
             return
-        self._stamp, self._from_file = stamp, [t.encode() for t in tokens]
+        self._from_file = [t.encode() for t in tokens]
         log.info("auth_tokens_file %s re-read: %d tokens", self._file, len(tokens))
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
