@@ -8,11 +8,15 @@ repository trusts one Ed25519 key:
 - dynamic: the library's `.dynamic` zeroed, re-hashed and re-signed;
 - isa: built for x86-64-v4 (AVX-512) and relabelled with the CPU features of a build for this host,
   re-hashed and re-signed: refused where the host lacks AVX-512, served (it runs) where it has it;
+- isa_fp16: the model in float16 built for Sapphire Rapids (LLVM emits AVX-512 FP16 arithmetic,
+  vaddph...), relabelled the same way: refused (SIGILL) on every host without avx512_fp16, which
+  includes AVX-512 hosts such as AMD Zen 4;
 - unsigned: the good version without its signature (refused: keys are configured).
 
-`run(args)` returns the figures and a `targets` list; bench/bench_reliability.py collects it. Alone:
-`python bench/reliability/reload.py` prints the dict as JSON. The helpers
-below (compile, corrupt, hammer) are also what tests/server/test_trust.py uses.
+`run(args)` returns the figures and a `targets` list; bench/bench_reliability.py collects it. Alone,
+`python bench/reliability/reload.py` prints them and saves
+bench/results/reliability_reload-<date>-<host>.json. The helpers below (compile, corrupt, hammer)
+are also what tests/server/test_trust.py uses.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("good", "text", "dynamic", "isa", "unsigned")
-BROKEN_LIBRARY_KINDS = ("text", "dynamic", "isa")
-AVX512_MCPU = "x86-64-v4"
+KINDS = ("good", "text", "dynamic", "isa", "isa_fp16", "unsigned")
+BROKEN_LIBRARY_KINDS = ("text", "dynamic", "isa", "isa_fp16")
+# The relabelled builds: artifact name, LLVM CPU, and whether the model is converted to float16 first.
+ISA_BUILDS = {"isa": ("avx512", "x86-64-v4", False), "isa_fp16": ("avx512fp16", "sapphirerapids", True)}
 _COMMAND_TIMEOUT_S = 240
 
 
@@ -53,7 +58,7 @@ def edgecam(*args: str | Path) -> str:
 
 
 def build_signed_artifacts(workdir: Path) -> dict[str, Path]:
-    """keygen, then the tiny model compiled (and signed) for this host and for x86-64-v4."""
+    """keygen, then the tiny model compiled (and signed) for this host and for each of ISA_BUILDS."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "server"))
     try:
         from conftest import build_tiny_onnx  # the tests' tiny template-matching model
@@ -63,11 +68,25 @@ def build_signed_artifacts(workdir: Path) -> dict[str, Path]:
     key = workdir / "fleet.key"
     edgecam("keygen", key)
     paths = {"key": key, "public_key": workdir / "fleet.key.pub", "onnx": onnx_file}
-    for name, extra in (("host", ()), ("avx512", ("--mcpu", AVX512_MCPU))):
+    builds = [("host", onnx_file, ())] + [
+        (name, _float16(onnx_file) if fp16 else onnx_file, ("--mcpu", mcpu, "--tolerance", "0.1"))
+        for name, mcpu, fp16 in ISA_BUILDS.values()
+    ]
+    for name, model, extra in builds:
         out = workdir / name
-        edgecam("compile", onnx_file, "-t", "x86_64", "-o", out, "--samples", "1", "--sign-key", key, *extra)
+        edgecam("compile", model, "-t", "x86_64", "-o", out, "--samples", "1", "--sign-key", key, *extra)
         paths[name] = out
     return paths
+
+
+def _float16(onnx_file: Path) -> Path:
+    """The model in float16, inputs and outputs float32 (onnxconverter-common, as the fp16 pass uses)."""
+    import onnx
+    from onnxconverter_common import float16
+
+    out = onnx_file.with_name(onnx_file.stem + "-fp16.onnx")
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(onnx_file)), keep_io_types=True), str(out))
+    return out
 
 
 def section_span(library: Path, section: str) -> tuple[int, int]:
@@ -87,7 +106,7 @@ def make_variant(artifacts: dict[str, Path], kind: str, out: Path) -> Path:
     from edgecam.compiler.artifact import MANIFEST_NAME, Manifest, load_artifact, sha256_file
     from edgecam.signing import SIGNATURE_NAME, load_private_key, sign_manifest
 
-    source = artifacts["avx512" if kind == "isa" else "host"]
+    source = artifacts[ISA_BUILDS[kind][0] if kind in ISA_BUILDS else "host"]
     shutil.copytree(source, out)
     manifest = Manifest.model_validate_json((out / MANIFEST_NAME).read_text())
     library = out / manifest.library
@@ -98,7 +117,7 @@ def make_variant(artifacts: dict[str, Path], kind: str, out: Path) -> Path:
             bytes(b ^ 0xFF for b in data[offset : offset + size]) if kind == "text" else bytes(size)
         )
         library.write_bytes(bytes(data))
-    if kind == "isa":  # the label a build for this host carries: the camera's check passes
+    if kind in ISA_BUILDS:  # the label a build for this host carries: the camera's check passes
         host = load_artifact(artifacts["host"], check_host=False).manifest.target
         manifest.target = manifest.target.model_copy(update={"cpu_features": host.cpu_features})
     if kind == "unsigned":
@@ -110,11 +129,12 @@ def make_variant(artifacts: dict[str, Path], kind: str, out: Path) -> Path:
     return out
 
 
-def host_runs_avx512_build(artifacts: dict[str, Path]) -> bool:
-    """Whether this host has every feature the x86-64-v4 build really needs (then it is not broken here)."""
+def host_runs(artifacts: dict[str, Path], kind: str) -> bool:
+    """Whether this host has every feature an ISA build really needs (then it is not broken here)."""
     from edgecam.compiler.artifact import host_cpu_features, load_artifact
 
-    needed = load_artifact(artifacts["avx512"], check_host=False).manifest.target.cpu_features
+    build = artifacts[ISA_BUILDS[kind][0]]
+    needed = load_artifact(build, check_host=False).manifest.target.cpu_features
     return set(needed) <= host_cpu_features()
 
 
@@ -242,18 +262,19 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgecam-reload-") as tmp:
         workdir = Path(tmp)
         artifacts = build_signed_artifacts(workdir)
-        avx512_runs_here = host_runs_avx512_build(artifacts)
+        runs_here = {kind: host_runs(artifacts, kind) for kind in ISA_BUILDS}
         kinds = reload_kinds(artifacts, workdir)
     refused_broken = [k for k in BROKEN_LIBRARY_KINDS if kinds[k]["outcome"] == "refused"]
-    # Where this host runs AVX-512 the relabelled build is not broken here: served is the right outcome.
-    expected_refusals = [k for k in BROKEN_LIBRARY_KINDS if not (k == "isa" and avx512_runs_here)]
+    # An ISA build this host can run is not broken here: served is the right outcome for it.
+    expected_refusals = [k for k in BROKEN_LIBRARY_KINDS if not runs_here.get(k, False)]
     failed_broken = sum(kinds[k]["failed_requests"] for k in BROKEN_LIBRARY_KINDS)
     return {
         "kinds": kinds,
-        "host_runs_avx512_build": avx512_runs_here,
+        "host_runs_isa_build": runs_here,
+        "corrupt_library_kinds_refused": refused_broken,
         "targets": [
             {
-                "name": "reload: failed requests while corrupt-library versions load (text, dynamic, isa)",
+                "name": "reload: failed requests while corrupt-library versions load (text, dynamic, isa*)",
                 "value": failed_broken,
                 "op": "==",
                 "bound": 0,
@@ -286,7 +307,16 @@ def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    print(json.dumps(run(parser.parse_args()), indent=1))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: machine_info
+    from machine_info import machine, save_record, stamp
+
+    record = {"benchmark": "reliability_reload", "time": stamp()[0], "machine": machine()}
+    started = time.perf_counter()
+    figures = run(parser.parse_args())
+    print(json.dumps(figures, indent=1))
+    save_record(
+        "reliability_reload", {**record, **figures, "seconds": round(time.perf_counter() - started, 1)}
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def _load(stub: oip_grpc.GRPCInferenceServiceStub, version: str) -> None:
 def test_broken_libraries_are_refused_while_a_client_keeps_calling(
     reload: ModuleType, artifacts: dict[str, Path], tmp_path: Path
 ) -> None:
-    avx512_runs_here = reload.host_runs_avx512_build(artifacts)
+    runs_here = {kind: reload.host_runs(artifacts, kind) for kind in reload.ISA_BUILDS}
     results = reload.reload_kinds(artifacts, tmp_path, settle_s=0.2)
 
     assert results["total_failed_requests"] == 0, results["failure_examples"]
@@ -65,8 +65,11 @@ def test_broken_libraries_are_refused_while_a_client_keeps_calling(
         assert results[kind]["requests_answered"] > 0
     # Every byte of .text flipped: the library's first instruction is garbage, a signal for sure.
     assert "killed the child process with SIG" in results["text"]["reason"]
-    # Built for AVX-512 and relabelled: a host without it refuses (SIGILL); one with it runs it fine.
-    assert results["isa"]["outcome"] == ("served" if avx512_runs_here else "refused"), results["isa"]
+    # Built for AVX-512 (FP16) and relabelled: a host without it refuses (SIGILL); one with it runs it.
+    for kind, runs in runs_here.items():
+        assert results[kind]["outcome"] == ("served" if runs else "refused"), results[kind]
+        if not runs:
+            assert "killed the child process with SIGILL" in results[kind]["reason"]
     assert results["unsigned"]["outcome"] == "refused" and "not signed" in results["unsigned"]["reason"]
     assert results["good"]["outcome"] == "served" and results["good"]["serving_after"] == ["2"]
     signals = {k: v for k, v in results["load_failures_metric"].items() if k.startswith("signal_")}
