@@ -59,12 +59,7 @@ def edgecam(*args: str | Path) -> str:
 
 def build_signed_artifacts(workdir: Path) -> dict[str, Path]:
     """keygen, then the tiny model compiled (and signed) for this host and for each of ISA_BUILDS."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "server"))
-    try:
-        from conftest import build_tiny_onnx  # the tests' tiny template-matching model
-    finally:
-        sys.path.pop(0)
-    onnx_file = build_tiny_onnx(workdir / "tiny.onnx")
+    onnx_file = _tiny_model_builder()(workdir / "tiny.onnx")
     key = workdir / "fleet.key"
     edgecam("keygen", key)
     paths = {"key": key, "public_key": workdir / "fleet.key.pub", "onnx": onnx_file}
@@ -77,6 +72,19 @@ def build_signed_artifacts(workdir: Path) -> dict[str, Path]:
         edgecam("compile", model, "-t", "x86_64", "-o", out, "--samples", "1", "--sign-key", key, *extra)
         paths[name] = out
     return paths
+
+
+def _tiny_model_builder() -> Any:
+    """build_tiny_onnx of tests/server/conftest.py (the tests' tiny template-matching model), loaded
+    by path under its own name: `import conftest` would find whichever conftest pytest loaded first."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "tests" / "server" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("edgecam_server_test_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_tiny_onnx
 
 
 def _float16(onnx_file: Path) -> Path:
