@@ -156,3 +156,15 @@ def test_the_staging_rename_publishes_a_version_at_once(
     staging.rename(repo / "tiny" / "2")
     server.repository.poll()
     assert server.repository.get("tiny").version == "2"
+
+
+def test_a_test_load_that_does_not_finish_in_time_is_refused(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """probe_timeout_seconds far below what starting a Python child takes: every test load times out."""
+    with pytest.raises(Exception, match="no model in"):
+        EdgecamServer(
+            ServerSettings(grpc_port=0, metrics_port=0, model_repository=repo, probe_timeout_seconds=0.01)
+        )
+    refusals = [r.getMessage() for r in caplog.records if "refused tiny version 1" in r.getMessage()]
+    assert refusals and "did not finish within 0.01 s (child killed)" in refusals[0]
