@@ -265,8 +265,9 @@ def reload_kinds(artifacts: dict[str, Path], workdir: Path, settle_s: float = 0.
 
 def run(args: argparse.Namespace | None = None) -> dict[str, Any]:
     """The examination: figures per reload kind and the Done-when targets; bounded (a few minutes)."""
-    if platform.machine() != "x86_64":
-        return {"skipped": f"needs an x86_64 host (the AVX-512 case); this is {platform.machine()}"}
+    if platform.machine() != "x86_64" or shutil.which("readelf") is None:
+        why = f"needs an x86_64 host (the AVX-512 cases) and binutils' readelf; this is {platform.machine()}"
+        return {"skipped": why, "targets": []}
     with tempfile.TemporaryDirectory(prefix="edgecam-reload-") as tmp:
         workdir = Path(tmp)
         artifacts = build_signed_artifacts(workdir)
