@@ -197,6 +197,7 @@ class ModelRepository:
                     log.error("%s", exc)
                     continue
                 if version != versions[-1]:
+                    self._metrics.model_fallbacks.labels(model=name).inc()
                     log.warning(
                         "serving %s version %s: newer versions %s were refused (see above)",
                         name,

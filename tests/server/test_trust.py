@@ -99,6 +99,7 @@ def test_start_up_falls_back_past_a_version_that_crashes_its_test_load(
             if s.name.endswith("_total")
         ]
         assert sum(failures) == 1
+        assert server.registry.get_sample_value("edgecam_model_fallbacks_total", {"model": "tiny"}) == 1
     assert any("newer versions ['2'] were refused" in r.getMessage() for r in caplog.records)
 
 
