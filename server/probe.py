@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgecam.compiler.artifact import MANIFEST_NAME
 from edgecam.server.errors import ModelLoadError
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -34,7 +35,7 @@ class ProbeError(ModelLoadError):
 
 def fingerprint(path: Path) -> str:
     """sha256 of what the probe vouches for: the manifest (which hashes every file) or the .onnx file."""
-    target = path / "manifest.json" if path.is_dir() else path
+    target = path / MANIFEST_NAME if path.is_dir() else path
     return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
@@ -54,9 +55,12 @@ def probe(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
             "timeout", f"test load of {path} did not finish within {timeout_s:g} s (child killed)"
         ) from None
     if result.returncode < 0:
-        name = signal.Signals(-result.returncode).name
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-result.returncode}"
         raise ProbeError(
-            f"signal_{name}",
+            f"signal_{name}".replace(" ", "_"),
             f"test load of {path} killed the child process with {name} (last output: {_last_line(result)})",
         )
     try:
