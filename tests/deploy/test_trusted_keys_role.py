@@ -21,9 +21,8 @@ ROLE = Path(__file__).resolve().parents[2] / "deploy" / "ansible" / "roles" / "e
 _BESIDE = Path(sys.executable).parent / "ansible-playbook"
 PLAYBOOK = _BESIDE if _BESIDE.exists() else Path(shutil.which("ansible-playbook") or _BESIDE)
 
-pytestmark = pytest.mark.skipif(
-    not PLAYBOOK.exists() or os.geteuid() != 0, reason="needs ansible-playbook and root (files owned by root)"
-)
+# ansible-playbook comes with the dev extra: its absence fails the test rather than skipping it.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the role's files are owned by root")
 
 
 def _converge(tmp_path: Path, keys: list[Path]) -> str:

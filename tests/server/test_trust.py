@@ -22,9 +22,9 @@ from edgecam.server.errors import ModelLoadError
 from edgecam.server.settings import ModelConfig, ServerSettings
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
+# readelf (binutils, installed by `make test`) is not a reason to skip: a missing tool fails loudly.
 pytestmark = pytest.mark.skipif(
-    shutil.which("readelf") is None or __import__("platform").machine() != "x86_64",
-    reason="needs binutils' readelf and an x86_64 host (the AVX-512 build)",
+    __import__("platform").machine() != "x86_64", reason="the AVX-512 builds are x86_64 code"
 )
 
 
