@@ -1,7 +1,8 @@
 # Everything a developer runs; .ci/run calls the same targets.
 PY      := .venv/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT     := dataset-fashion-mnist prometheus gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+# binutils: readelf, with which tests/server/test_trust.py finds the sections it corrupts.
+APT     := dataset-fashion-mnist prometheus gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils
 
 .PHONY: demo test test-slow test-slow-other test-fleet test-arm lint typecheck proto bench ci
 
@@ -13,7 +14,7 @@ APT     := dataset-fashion-mnist prometheus gcc-aarch64-linux-gnu libc6-dev-arm6
 	touch $@
 
 .apt-installed:
-	command -v prometheus >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null && \
+	command -v prometheus >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null && command -v readelf >/dev/null && \
 	  [ -d /usr/share/datasets/fashion-mnist ] || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $(APT))

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -23,6 +23,9 @@ from edgecam import __version__
 from edgecam.datatypes import KSERVE_DATATYPES
 from edgecam.postprocessing import Postprocessing
 from edgecam.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -125,11 +128,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_artifact(out_dir: Path, manifest: Manifest, files: Mapping[str, Path]) -> Artifact:
+def write_artifact(
+    out_dir: Path,
+    manifest: Manifest,
+    files: Mapping[str, Path],
+    sign_key: Ed25519PrivateKey | None = None,
+) -> Artifact:
     """Copy `files` (name inside the artifact → source path) and a hashed manifest into `out_dir`.
 
     The directory is assembled beside `out_dir` and renamed into place, so a failure leaves
-    whatever was there before untouched and a reader never sees half an artifact.
+    whatever was there before untouched and a reader never sees half an artifact. With `sign_key`
+    the manifest is signed in the staging directory too (edgecam/signing.py): the artifact appears
+    signed or not at all.
     """
     if manifest.library not in files:
         raise ArtifactError("library", f"{manifest.library!r} is not among the files {sorted(files)}")
@@ -149,6 +159,10 @@ def write_artifact(out_dir: Path, manifest: Manifest, files: Mapping[str, Path])
             hashes[name] = sha256_file(dest)
         final = manifest.model_copy(update={"files": hashes})
         (staging / MANIFEST_NAME).write_text(final.model_dump_json(indent=2) + "\n")
+        if sign_key is not None:
+            from edgecam.signing import sign_manifest
+
+            sign_manifest(staging / MANIFEST_NAME, sign_key)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -29,6 +29,8 @@ from edgecam.compiler.targets import Target, create_target
 from edgecam.compiler.targets.base import LibraryRunner
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edgecam.compiler.passes.base import WeightCoding
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ def compile_model(
     on_step: Callable[[str], None] = lambda step: None,
     weight_coding: WeightCoding | None = None,
     tuned: bool = True,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> Artifact:
     """Compile an ONNX model for `target` and write a verified artifact to `out_dir`.
 
@@ -72,6 +75,7 @@ def compile_model(
     `tolerance` bounds |TVM - ONNX Runtime| on every output; None: what fits the model
     (verify.model_tolerance: 1e-4 for a float model, a few quantization steps for an int8 one).
     A codec the runtime cannot decode is refused (InvalidOptionError).
+    With `sign_key` the artifact's manifest is signed (edgecam/signing.py).
     Raises CompilerError subclasses; on any failure nothing is written.
     """
     _check_options(tolerance, samples)
@@ -110,7 +114,7 @@ def compile_model(
             # Not the source model: its raw weights would undo the coding's size gain.
             manifest = _with_coded_weights(manifest, coded, Path(tmp) / WEIGHTS_NAME)
             files[WEIGHTS_NAME] = Path(tmp) / WEIGHTS_NAME
-        return write_artifact(Path(out_dir), manifest, files)
+        return write_artifact(Path(out_dir), manifest, files, sign_key)
 
 
 def _manifest(

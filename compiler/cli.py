@@ -12,6 +12,8 @@ import typer
 
 app = typer.Typer(no_args_is_help=True)
 
+_SIGN_HELP = "Ed25519 private key (PEM, from `edgecam keygen`) to sign the artifact's manifest with."
+
 
 @app.command("compile")
 def compile_command(
@@ -29,6 +31,7 @@ def compile_command(
         "12 quantization steps of each output for an int8 (QDQ) one.",
     ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
+    sign_key: Path = typer.Option(None, "--sign-key", help=_SIGN_HELP),
 ) -> None:
     """Compile an ONNX model with TVM for a target and verify it against ONNX Runtime."""
     from rich.console import Console
@@ -63,8 +66,13 @@ def compile_command(
                 tolerance=tolerance,
                 samples=samples,
                 on_step=on_step,
+                sign_key=_signing_key(sign_key),
             )
-        except (CompilerError, OSError) as exc:  # OSError: the output directory cannot be written
+        except (
+            CompilerError,
+            OSError,
+            ValueError,
+        ) as exc:  # ValueError: a bad --sign-key  # OSError: the output directory cannot be written
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
     m = artifact.manifest
@@ -87,6 +95,47 @@ def compile_command(
     )
     if m.target.cpu_features:
         console.print(f"  needs CPU features: {' '.join(m.target.cpu_features)}")
+    if sign_key:
+        console.print(f"  signed with {sign_key}")
+
+
+def _signing_key(path: Path | None) -> Any:
+    from edgecam.signing import load_private_key
+
+    return load_private_key(path) if path is not None else None
+
+
+@app.command("keygen")
+def keygen_command(
+    out: Path = typer.Argument(..., help="Private key file to write (PEM); the public key goes to OUT.pub."),
+) -> None:
+    """Make an Ed25519 key pair for signing artifacts; cameras trust the .pub file (trusted_keys)."""
+    from rich.console import Console
+
+    from edgecam.signing import generate_key_pair
+
+    console = Console(stderr=True)
+    with _compiler_errors(console):
+        kid = generate_key_pair(out, out.with_name(out.name + ".pub"))
+    console.print(f"[green]✓[/] key {kid}: private {out} (keep it secret), public {out}.pub")
+
+
+@app.command("sign")
+def sign_command(
+    artifact_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="The artifact directory."),
+    sign_key: Path = typer.Option(..., "--sign-key", help=_SIGN_HELP),
+) -> None:
+    """Sign an existing artifact (after its files are verified): e.g. re-sign with a new key."""
+    from rich.console import Console
+
+    from edgecam.compiler.artifact import MANIFEST_NAME, load_artifact
+    from edgecam.signing import sign_manifest
+
+    console = Console(stderr=True)
+    with _compiler_errors(console):
+        load_artifact(artifact_dir, check_host=False)  # sign only what the manifest truly describes
+        kid = sign_manifest(artifact_dir / MANIFEST_NAME, _signing_key(sign_key))
+    console.print(f"[green]✓[/] {artifact_dir} signed with key {kid}")
 
 
 @app.command("tune")
@@ -207,6 +256,7 @@ def compress_command(
     out: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write (replaced atomically)."),
     runs: int = _RUNS,
     tvm_latency: bool = _TVM_LATENCY,
+    sign_key: Path = typer.Option(None, "--sign-key", help=_SIGN_HELP),
 ) -> None:
     """Compress a model with a recipe, measure every step, gate on accuracy, compile the result."""
     from rich.console import Console
@@ -221,7 +271,8 @@ def compress_command(
         options = MeasureOptions(runs=runs, tvm=tvm_latency)
         try:
             with _progress(errors) as on_progress:
-                artifact, report = compress(path, loaded, base_dir, out, on_progress, options)
+                key = _signing_key(sign_key)
+                artifact, report = compress(path, loaded, base_dir, out, on_progress, options, key)
         except GateFailure as exc:
             console.print(table(exc.report))
             raise
@@ -322,10 +373,11 @@ def _compiler_errors(console: Any) -> Iterator[None]:
 
     from edgecam.compiler.artifact import ArtifactError
     from edgecam.compiler.errors import CompilerError
+    from edgecam.signing import SignatureError
 
     try:
         yield
-    except (CompilerError, ArtifactError, OSError) as exc:
+    except (CompilerError, ArtifactError, OSError, SignatureError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)  # no breaks inside paths
         raise typer.Exit(2) from None
 

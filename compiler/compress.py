@@ -23,6 +23,8 @@ from edgecam.compiler.recipe import Recipe
 from edgecam.compiler.report import REPORT_JSON, REPORT_PNG, GateResult, Report, write_json, write_plot
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edgecam.compiler.artifact import Artifact
     from edgecam.compiler.frontends.onnx import OnnxModel
     from edgecam.compiler.passes.base import Feeds, WeightCoding
@@ -197,6 +199,7 @@ def compress(
     out_dir: Path,
     on_progress: OnProgress = lambda message, done, total: None,
     options: MeasureOptions | None = None,
+    sign_key: Ed25519PrivateKey | None = None,
 ) -> tuple[Artifact, Report]:
     """Run the recipe, apply the accuracy gate and write the compiled artifact with its report.
 
@@ -209,7 +212,7 @@ def compress(
         raise GateFailure(gate_message(report), report)
     steps = len(report.steps) * 2
     on_progress(f"compiling the final model for {recipe.target}", steps, steps + 1)
-    return _write_artifact(measured, recipe, Path(out_dir)), report
+    return _write_artifact(measured, recipe, Path(out_dir), sign_key), report
 
 
 def gate_message(report: Report) -> str:
@@ -228,7 +231,9 @@ def gate_message(report: Report) -> str:
     )
 
 
-def _write_artifact(measured: Measured, recipe: Recipe, out_dir: Path) -> Artifact:
+def _write_artifact(
+    measured: Measured, recipe: Recipe, out_dir: Path, sign_key: Ed25519PrivateKey | None
+) -> Artifact:
     """compile_model into a scratch directory, then one atomic write of its files plus the report."""
     import onnx
 
@@ -254,7 +259,7 @@ def _write_artifact(measured: Measured, recipe: Recipe, out_dir: Path) -> Artifa
                 "measurements": {**built.manifest.measurements, **_final_numbers(measured.report)},
             }
         )
-        return write_artifact(out_dir, manifest, files)
+        return write_artifact(out_dir, manifest, files, sign_key)
 
 
 def _with_metadata(model: Any, source: Any) -> Any:

@@ -16,12 +16,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc
 from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
 from edgecam.server.errors import ModelLoadError
-from edgecam.server.grpc.auth import TokenAuthInterceptor
+from edgecam.server.grpc.auth import token_interceptors
 from edgecam.server.grpc.servicer import CameraServicer, InferenceServicer
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline, PipelineOptions
-from edgecam.server.repository import ModelRepository
-from edgecam.server.runtime import load_model
+from edgecam.server.repository import ModelRepository, TrustOptions
 from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.service import EdgeService
 from edgecam.server.settings import CameraConfig, ServerSettings, TlsConfig
@@ -59,16 +58,15 @@ class EdgecamServer:
             )
         if s.model_repository is not None and not s.model_repository.is_dir():
             raise ModelLoadError(f"model_repository {s.model_repository} is not a directory")
-        repository = ModelRepository(self.metrics, s.model_repository)
+        # -- trust (srvtrust): signatures, child-process test loads, repository RPCs ------------------
+        trust = TrustOptions(tuple(s.trusted_keys), s.repository_rpcs, s.probe_timeout_seconds)
+        repository = ModelRepository(self.metrics, s.model_repository, trust)
         for config in s.models:
-            try:
-                model = load_model(config.path, name=config.name, version=config.version)
-            except Exception as exc:  # any loader failure is refused with the reason, never half-loaded
-                raise ModelLoadError(f"cannot load model {config.path}: {exc}") from exc
-            repository.add(model)
+            model = repository.load_path(config.path, name=config.name, version=config.version)
             log.info(
                 "loaded model %s v%s (%s) from %s", model.name, model.version, model.platform, config.path
             )
+        # -- end trust ---------------------------------------------------------------------------------
         repository.load_all()
         if not repository.serving():
             raise ModelLoadError(f"no model in {s.model_repository} could be loaded; see the errors above")
@@ -94,12 +92,13 @@ class EdgecamServer:
 
     def start(self) -> None:
         s = self.settings
+        interceptors = token_interceptors(s)  # trust (srvtrust): an empty token file stops start-up
         self._http, _ = start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
         self.metrics_port = self._http.server_port
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.workers),
             options=_channel_options(s),
-            interceptors=[TokenAuthInterceptor(tokens)] if (tokens := s.tokens()) else [],
+            interceptors=interceptors,
         )
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), server)
         v1_grpc.add_CameraServiceServicer_to_server(CameraServicer(self.service), server)
@@ -123,7 +122,7 @@ class EdgecamServer:
             s.grpc_host,
             self.grpc_port,
             "plaintext" if s.tls is None else ("mTLS" if s.tls.client_ca_file else "TLS"),
-            ", bearer tokens" if tokens else "",
+            ", bearer tokens" if interceptors else "",
             s.metrics_host,
             self.metrics_port,
         )

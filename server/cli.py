@@ -77,7 +77,7 @@ def run(settings: ServerSettings) -> None:
     try:
         server = EdgecamServer(settings)
         server.start()
-    except (ServerError, SourceError, OSError) as exc:
+    except (ServerError, SourceError, OSError, ValueError) as exc:  # ValueError: e.g. an empty token file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     stop = threading.Event()

@@ -10,6 +10,7 @@ class Status(Enum):
     NOT_FOUND = "NOT_FOUND"
     UNAVAILABLE = "UNAVAILABLE"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
 
 
@@ -43,3 +44,9 @@ class ModelLoadError(ServerError):
     """A model could not be loaded; the message names the check that failed."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class PermissionDenied(ServerError):
+    """The call is switched off by the server's configuration (e.g. repository_rpcs: false)."""
+
+    status = Status.PERMISSION_DENIED

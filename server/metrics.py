@@ -109,6 +109,13 @@ class EdgecamMetrics:
             ["model", "reason"],
             registry=r,
         )
+        # -- trust (srvtrust): start-up served an older version because the newest was refused ---------
+        self.model_fallbacks = Counter(
+            "edgecam_model_fallbacks",
+            "Start-ups that serve an older version of a model because newer ones were refused.",
+            ["model"],
+            registry=r,
+        )
         self.request_latency = Histogram(
             "edgecam_request_latency_seconds",
             "ModelInfer request latency.",

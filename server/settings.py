@@ -61,15 +61,14 @@ class ServerSettings(BaseSettings):
     auth_tokens_file: Path | None = None
     keepalive_seconds: float = Field(default=30.0, gt=0)  # pings keep idle prediction streams alive
 
-    def tokens(self) -> list[str]:
-        tokens = [self.auth_token.get_secret_value()] if self.auth_token else []
-        if self.auth_tokens_file is not None:
-            try:
-                lines = self.auth_tokens_file.read_text().splitlines()
-            except OSError as exc:
-                raise ValueError(f"auth_tokens_file: cannot read {self.auth_tokens_file}: {exc}") from exc
-            tokens += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        return tokens
+    # -- trust: what may be loaded and who may ask (server/repository.py, server/probe.py) --------------
+    # The fleet's Ed25519 public keys (PEM files, or directories of *.pem/*.pub): set, only artifacts
+    # signed by one of them are loaded. Several at once: key rotation. Empty: unsigned artifacts load.
+    trusted_keys: list[Path] = Field(default_factory=list)
+    # RepositoryModelLoad/Unload over gRPC; False: they answer PERMISSION_DENIED (deploys use the watcher).
+    repository_rpcs: bool = True
+    # Every new version is test-loaded and run in a child process first; it must finish within this.
+    probe_timeout_seconds: float = Field(default=60.0, gt=0)
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> ServerSettings:

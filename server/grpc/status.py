@@ -19,6 +19,7 @@ _CODES = {
     Status.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Status.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Status.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

@@ -115,10 +115,14 @@ FLIP_FC = {"kind": "scale_weights", "initializer": FC, "factor": -1.0}
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """The bundled CNN compressed through the CLI (TVM latency measured too): the artifact."""
+    """The bundled CNN compressed and signed through the CLI (TVM latency measured too): the artifact."""
+    from edgecam.signing import generate_key_pair
+
     tmp = tmp_path_factory.mktemp("compress")
     recipe = write_recipe(tmp / "recipe.yaml", [SCALE_CONV])
+    generate_key_pair(tmp / "fleet.key", tmp / "fleet.key.pub")
     args = ["compress", str(MODEL), "--recipe", str(recipe), "--out", str(tmp / "art"), "--runs", "3"]
+    args += ["--sign-key", str(tmp / "fleet.key")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return tmp / "art", result
@@ -139,6 +143,9 @@ def test_cli_compress_writes_a_hashed_artifact_with_the_report(compressed: tuple
         assert step["tvm"]["p50_ms"] > 0 and step["ort"]["p50_ms"] > 0 and step["macs"] > 0
     assert manifest.measurements["top1"] == report["steps"][-1]["top1"]
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from edgecam.signing import load_public_keys, verify_manifest
+
+    verify_manifest(out / "manifest.json", load_public_keys([out.parent / "fleet.key.pub"]))  # --sign-key
 
 
 def test_the_compiled_model_is_the_compressed_one_and_passes_saw_the_context(
