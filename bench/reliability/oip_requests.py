@@ -120,7 +120,9 @@ def _input(
 
 @st.composite
 def infer_requests(draw: st.DrawFn, target: Target) -> oip.ModelInferRequest:
-    """One ModelInferRequest for `target`: sometimes valid, mostly wrong in one or more ways."""
+    """One ModelInferRequest for `target`: about one in five valid, the others wrong in one or more ways."""
+    if draw(st.integers(0, 4)) == 0:
+        return valid_request(target, draw(st.binary(min_size=target.raw_size, max_size=target.raw_size)))
     request = oip.ModelInferRequest(
         model_name=draw(st.one_of(st.just(target.model), st.text(max_size=12))),
         model_version=draw(st.sampled_from(["", "1", "0", "-1", "999999999999999999999", "../1"])),
@@ -140,4 +142,12 @@ def infer_requests(draw: st.DrawFn, target: Target) -> oip.ModelInferRequest:
         request.outputs.add(name=name)
     for key, value in draw(_parameters()).items():
         request.parameters[key].CopyFrom(value)
+    return request
+
+
+def valid_request(target: Target, raw: bytes) -> oip.ModelInferRequest:
+    """A request the model accepts (any bytes are valid floats, NaN included)."""
+    request = oip.ModelInferRequest(model_name=target.model)
+    request.inputs.add(name=target.input_name, datatype=target.datatype, shape=list(target.shape))
+    request.raw_input_contents.append(raw)
     return request

@@ -27,7 +27,7 @@ from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
 from edgecam.server.launcher import RunningServer, launch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from reliability.oip_requests import Target, infer_requests
+from reliability.oip_requests import Target, infer_requests, valid_request
 
 TARGET = Target("fashion_cnn", "image", "FP32", (1, 1, 28, 28), ("logits",))
 # What a request may be answered with: success or the client's own mistake, never the server's.
@@ -77,7 +77,7 @@ def _typed(datatype: str, field: str, values: list, shape: tuple[int, ...] = (1,
 
 
 def _valid() -> oip.ModelInferRequest:
-    return _raw((1, 1, 28, 28), b"\x00" * 3136)
+    return valid_request(TARGET, b"\x00" * 3136)
 
 
 def _with(request: oip.ModelInferRequest, change: str) -> oip.ModelInferRequest:
