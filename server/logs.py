@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Literal
+from typing import Literal, TextIO
 
 LogFormat = Literal["text", "json"]
 
@@ -49,7 +49,7 @@ class _StderrCapture:
 
     def __init__(self) -> None:
         sys.stderr.flush()
-        self.stream: IO[str] = os.fdopen(
+        self.stream: TextIO = os.fdopen(
             os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
         )
         read_end, write_end = os.pipe()
