@@ -225,6 +225,41 @@ def test_generated_streams_answer_every_message(
         assert not reply.error_message.startswith("internal error"), reply.error_message
 
 
+NAMES = st.one_of(st.just(TARGET.model), st.just("cam"), st.just(""), st.text(max_size=12))
+
+
+@settings(BOUNDED, max_examples=150)
+@given(
+    call=st.sampled_from(
+        ["ModelReady", "ModelMetadata", "ModelStatistics", "GetModelInfo", "StreamPredictions"]
+    ),
+    name=NAMES,
+    version=st.one_of(st.just(""), st.just("1"), st.text(max_size=6)),
+    top_k=st.integers(0, 2**32 - 1),
+)
+def test_generated_names_in_the_other_calls_get_client_errors_only(
+    channel: grpc.Channel, call: str, name: str, version: str, top_k: int
+) -> None:
+    inference, cameras = oip_grpc.GRPCInferenceServiceStub(channel), v1_grpc.CameraServiceStub(channel)
+    code, details = "OK", ""
+    try:
+        if call == "StreamPredictions":
+            stream = cameras.StreamPredictions(
+                v1.StreamPredictionsRequest(camera=name, top_k=top_k), timeout=30
+            )
+            next(stream)
+            stream.cancel()
+        elif call == "GetModelInfo":
+            cameras.GetModelInfo(v1.GetModelInfoRequest(name=name, version=version), timeout=30)
+        else:
+            request = getattr(oip, f"{call}Request")(name=name, version=version)
+            getattr(inference, call)(request, timeout=30)
+    except grpc.RpcError as exc:
+        code, details = exc.code().name, exc.details() or ""
+    assert grpc.StatusCode[code] in CLIENT_CODES, f"{call}({name!r}, {version!r}): {code} {details}"
+    assert "\n" not in details
+
+
 def test_after_all_that_the_server_is_live_and_its_camera_runs(
     server: RunningServer, channel: grpc.Channel, stub: oip_grpc.GRPCInferenceServiceStub
 ) -> None:
