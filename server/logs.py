@@ -55,7 +55,6 @@ class _StderrCapture:
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
         os.close(write_end)
-        self.lines = 0
         self._thread = threading.Thread(target=self._pump, args=(read_end,), daemon=True, name="stderr-log")
         self._thread.start()
         atexit.register(self.close)
@@ -65,7 +64,6 @@ class _StderrCapture:
             for raw in pipe:
                 line = raw.decode("utf-8", errors="replace").rstrip()
                 if line:
-                    self.lines += 1
                     native.warning(line, extra={"stream": "stderr"})
 
     def close(self) -> None:
