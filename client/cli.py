@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from edgecam.client.client import ClientTls, EdgecamClient, EdgecamClientError
+if TYPE_CHECKING:
+    from edgecam.client.client import EdgecamClient
 
 # Shared by every command that connects (option objects are only read, so sharing is safe).
 TOKEN = typer.Option(
@@ -18,11 +22,21 @@ TLS_CERT = typer.Option(None, "--tls-cert", help="Client certificate (PEM), for 
 TLS_KEY = typer.Option(None, "--tls-key", help="Client private key (PEM) for --tls-cert.")
 
 
+@contextmanager
 def connect(
     address: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None
-) -> EdgecamClient:
+) -> Iterator[EdgecamClient]:
+    """A client for the command; a failed call ends the command with its one-line error, exit 1."""
+    # Imported here: gRPC is in the client and server extras, and `edgecam` must start without it.
+    from edgecam.client.client import ClientTls, EdgecamClient, EdgecamClientError
+
     tls = ClientTls(ca, cert, key) if (ca or cert) else None
-    return EdgecamClient(address, token=token, tls=tls)
+    try:
+        with EdgecamClient(address, token=token, tls=tls) as client:
+            yield client
+    except EdgecamClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def watch(
@@ -45,9 +59,6 @@ def watch(
                 typer.echo(f"{p.camera} #{p.frame_index:<6} {total_ms:6.1f} ms  {best}{truth}")
                 if count and n >= count:
                     break
-    except EdgecamClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
 
@@ -71,14 +82,10 @@ def infer(
     if frame is None:
         typer.echo(f"error: OpenCV cannot read {image} as an image", err=True)
         raise typer.Exit(2)
-    try:
-        with connect(address, token, tls_ca, tls_cert, tls_key) as client:
-            start = time.perf_counter()
-            ranked = client.classify(model, frame, k=top_k)
-            elapsed = time.perf_counter() - start
-    except EdgecamClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with connect(address, token, tls_ca, tls_cert, tls_key) as client:
+        start = time.perf_counter()
+        ranked = client.classify(model, frame, k=top_k)
+        elapsed = time.perf_counter() - start
     for r in ranked:
         typer.echo(f"{r.score:7.4f}  {r.label} ({r.index})")
     typer.echo(f"round trip {1000 * elapsed:.1f} ms", err=True)
@@ -92,13 +99,9 @@ def status(
     tls_key: Path = TLS_KEY,
 ) -> None:
     """Show the server's readiness and its cameras."""
-    try:
-        with connect(address, token, tls_ca, tls_cert, tls_key) as client:
-            ready = client.ready()
-            cameras = client.cameras()
-    except EdgecamClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with connect(address, token, tls_ca, tls_cert, tls_key) as client:
+        ready = client.ready()
+        cameras = client.cameras()
     typer.echo(f"{address}: {'ready' if ready else 'NOT ready'}")
     for c in cameras:
         age = f"{c.last_frame_age_seconds:.2f}s" if c.last_frame_age_seconds is not None else "never"

@@ -28,6 +28,11 @@ def to_numpy(datatype: str) -> np.dtype:
     try:
         return _KSERVE_TO_NUMPY[datatype]
     except KeyError:
+        if datatype == "BYTES":  # a KServe datatype, but of variable-length strings: no numpy layout
+            raise ValueError(
+                "BYTES (string) tensors are not supported; send a numeric datatype: "
+                + ", ".join(KSERVE_DATATYPES)
+            ) from None
         raise ValueError(f"unsupported datatype {datatype!r}; valid: {', '.join(KSERVE_DATATYPES)}") from None
 
 

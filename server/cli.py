@@ -6,12 +6,15 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
 
 from edgecam.server import logs
-from edgecam.server.settings import CameraConfig, ModelConfig, ServerSettings
+
+if TYPE_CHECKING:  # imported when serving: settings pull in the server's metrics (prometheus_client)
+    from edgecam.server.settings import CameraConfig, ModelConfig, ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ def serve(
         )
         raise typer.Exit(2)
     logs.configure(log_level, log_format)  # type: ignore[arg-type]
+    from edgecam.server.settings import ServerSettings
+
     try:
         settings = ServerSettings.load(
             config,
@@ -95,6 +100,8 @@ def run(settings: ServerSettings) -> None:
 
 
 def _model_config(spec: str) -> ModelConfig:
+    from edgecam.server.settings import ModelConfig
+
     name, sep, path = spec.partition("=")
     if sep and not Path(spec).exists():
         return ModelConfig(name=name, path=Path(path))
@@ -102,6 +109,8 @@ def _model_config(spec: str) -> ModelConfig:
 
 
 def _camera_config(spec: str) -> CameraConfig:
+    from edgecam.server.settings import CameraConfig
+
     name, sep, source = spec.partition("=")
     if not sep or not name or not source:
         raise ValueError(

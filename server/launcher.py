@@ -46,6 +46,7 @@ def launch(serve_args: list[str], timeout: float = 60.0, env: dict[str, str] | N
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        errors="replace",  # native libraries (FFmpeg) print whatever bytes a broken file holds
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     log: deque[str] = deque(maxlen=400)

@@ -7,6 +7,7 @@ request is lives here once, whatever protocol carried it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -168,6 +169,9 @@ class EdgeService:
 def _validated_inputs(model: LoadedModel, inputs: Sequence[Tensor]) -> dict[str, np.ndarray]:
     expected = {spec.name: spec for spec in model.inputs}
     names = [tensor.name for tensor in inputs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InvalidArgument(f"inputs {repeated} appear more than once; send each input once")
     if sorted(names) != sorted(expected):
         raise InvalidArgument(
             f"model {model.name!r} expects inputs {sorted(expected)}, the request has {names}"
@@ -198,6 +202,9 @@ def _validated_outputs(model: LoadedModel, requested: Sequence[str]) -> list[str
     unknown = [name for name in requested if name not in available]
     if unknown:
         raise InvalidArgument(f"model {model.name!r} has no output {unknown}; its outputs are {available}")
+    repeated = sorted({name for name in requested if list(requested).count(name) > 1})
+    if repeated:
+        raise InvalidArgument(f"outputs {repeated} are requested more than once; request each output once")
     return list(requested) or available
 
 
@@ -208,20 +215,66 @@ def _as_tensor(name: str, value: np.ndarray) -> Tensor:
     return Tensor(name, from_numpy(array.dtype), tuple(int(d) for d in array.shape), array)
 
 
-def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
-    """Build a tensor from raw little-endian bytes, checking the byte size against the shape."""
+# numpy refuses arrays of more than 64 dimensions (32 before numpy 2); no model input has more than a
+# handful, so a longer shape is a malformed request, refused before numpy sees it.
+MAX_RANK = 32
+
+
+def _checked_shape(name: str, datatype: str, shape: Sequence[int]) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The dtype, the shape and its element count, or InvalidArgument naming what is wrong.
+
+    The count is a Python int: a shape such as [2**40, 2**40] overflows int64 (numpy's prod wraps
+    around silently), and must be refused as a size mismatch, not crash a reshape.
+    """
     try:
         dtype = to_numpy(datatype)
     except ValueError as exc:
         raise InvalidArgument(f"input {name!r}: {exc}") from None
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    dims = tuple(int(d) for d in shape)
+    if len(dims) > MAX_RANK:
+        raise InvalidArgument(f"input {name!r} has {len(dims)} dimensions; at most {MAX_RANK} are accepted")
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(dims)}")
+    return dtype, dims, math.prod(dims)
+
+
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
+    """Build a tensor from raw little-endian bytes, checking the byte size against the shape."""
+    dtype, dims, count = _checked_shape(name, datatype, shape)
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"input {name!r}: {len(raw)} bytes of raw contents, but {datatype} with shape {list(shape)} "
+            f"input {name!r}: {len(raw)} bytes of raw contents, but {datatype} with shape {list(dims)} "
             f"needs {expected}"
         )
-    data = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    return Tensor(name, datatype, tuple(int(d) for d in shape), data)
+    data = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(dims)
+    return Tensor(name, datatype, dims, data)
+
+
+def typed_tensor(
+    name: str, datatype: str, shape: Sequence[int], values: Sequence[bool | int | float], field: str
+) -> Tensor:
+    """Build a tensor from typed contents (`field` names where they came from, for messages).
+
+    The wire's integer fields are wider than most datatypes (INT8 travels in int32 values), so every
+    integer is checked against its datatype's range: numpy would raise OverflowError or wrap.
+    """
+    dtype, dims, count = _checked_shape(name, datatype, shape)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input {name!r}: {len(values)} values in contents.{field}, but shape {list(dims)} needs {count}"
+        )
+    if dtype.kind in "iu":
+        wide = np.asarray(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
+        info = np.iinfo(dtype)
+        outside = (wide < info.min) | (wide > info.max)
+        if outside.any():
+            at = int(np.argmax(outside))
+            raise InvalidArgument(
+                f"input {name!r}: value {values[at]} at position {at} of contents.{field} is out of "
+                f"range for {datatype} ({info.min}..{info.max})"
+            )
+        array = wide.astype(dtype)
+    else:
+        array = np.asarray(values, dtype=dtype)
+    return Tensor(name, datatype, dims, array.reshape(dims))

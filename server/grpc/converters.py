@@ -11,7 +11,7 @@ from edgecam.server.errors import InvalidArgument
 from edgecam.server.pipeline import CameraStatus, Prediction
 from edgecam.server.repository import ModelEntry
 from edgecam.server.runtime.base import LoadedModel
-from edgecam.server.service import InferRequest, InferResponse, Tensor, decode_tensor
+from edgecam.server.service import InferRequest, InferResponse, Tensor, decode_tensor, typed_tensor
 from edgecam.server.statistics import Duration, ModelStats
 
 # Which InferTensorContents field carries which datatype (FP16 has none: it must come raw).
@@ -36,6 +36,11 @@ def infer_request(request: oip.ModelInferRequest) -> InferRequest:
         raise InvalidArgument(
             f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input, in order"
         )
+    if raw and (both := [t.name for t in request.inputs if t.contents.ListFields()]):
+        raise InvalidArgument(
+            f"inputs {both} have typed contents while the request carries raw_input_contents; "
+            "send every input one way, raw or typed"
+        )
     tensors = [
         decode_tensor(t.name, t.datatype, list(t.shape), raw[i]) if raw else _typed_tensor(t)
         for i, t in enumerate(request.inputs)
@@ -56,16 +61,29 @@ def _typed_tensor(t: oip.ModelInferRequest.InferInputTensor) -> Tensor:
             f"input {t.name!r}: datatype {t.datatype!r} cannot be sent in typed contents; "
             f"use raw_input_contents (typed: {sorted(_TYPED_FIELD)})"
         )
-    from edgecam.datatypes import to_numpy
-
-    array = np.asarray(getattr(t.contents, field), dtype=to_numpy(t.datatype))
-    shape = [int(d) for d in t.shape]
-    needed = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if any(d < 0 for d in shape) or array.size != needed:
+    others = [f.name for f, _ in t.contents.ListFields() if f.name != field]
+    if others:
         raise InvalidArgument(
-            f"input {t.name!r}: {array.size} values in contents.{field}, but shape {shape} needs {needed}"
+            f"input {t.name!r}: datatype {t.datatype} goes in contents.{field}, the request filled "
+            f"contents.{', contents.'.join(others)}"
         )
-    return Tensor(t.name, t.datatype, tuple(shape), array.reshape(shape))
+    return typed_tensor(t.name, t.datatype, list(t.shape), getattr(t.contents, field), field)
+
+
+def load_version(request: oip.RepositoryModelLoadRequest) -> str | None:
+    """The version a RepositoryModelLoad asks for (parameter "version"); None: the newest."""
+    if "version" not in request.parameters:
+        return None
+    parameter = request.parameters["version"]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind == "int64_param":
+        return str(parameter.int64_param)
+    if kind != "string_param":
+        raise InvalidArgument(
+            f"parameter 'version' came as {kind or 'an empty parameter'}; send it as string_param "
+            '(e.g. "3") or int64_param'
+        )
+    return parameter.string_param or None
 
 
 def infer_response(response: InferResponse) -> oip.ModelInferResponse:

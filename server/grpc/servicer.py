@@ -13,7 +13,7 @@ from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
 from edgecam.server.errors import ServerError
 from edgecam.server.grpc import converters
-from edgecam.server.grpc.status import maps_errors
+from edgecam.server.grpc.status import error_message, maps_errors
 from edgecam.server.service import EdgeService
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             try:
                 response = self._service.infer(converters.infer_request(request))
                 yield oip.ModelStreamInferResponse(infer_response=converters.infer_response(response))
-            except ServerError as exc:
+            except Exception as exc:  # any error, ours or not, ends this request only, never the stream
+                if not isinstance(exc, ServerError):
+                    log.exception("unexpected error in ModelStreamInfer")
                 yield oip.ModelStreamInferResponse(
-                    error_message=str(exc), infer_response=oip.ModelInferResponse(id=request.id)
+                    error_message=error_message(exc), infer_response=oip.ModelInferResponse(id=request.id)
                 )
 
     @maps_errors
@@ -93,8 +95,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def RepositoryModelLoad(
         self, request: oip.RepositoryModelLoadRequest, context: grpc.ServicerContext
     ) -> oip.RepositoryModelLoadResponse:
-        version = request.parameters["version"].string_param if "version" in request.parameters else None
-        self._service.repository.load(request.model_name, version or None)
+        self._service.repository.load(request.model_name, converters.load_version(request))
         return oip.RepositoryModelLoadResponse()
 
     @maps_errors

@@ -30,14 +30,26 @@ def grpc_code(error: ServerError) -> grpc.StatusCode:
     return _CODES[error.status]
 
 
+def one_line(text: str) -> str:
+    """Status details and stream error messages are one line: log collectors and CLIs print them so."""
+    return " ".join(text.split())
+
+
+def error_message(exc: Exception) -> str:
+    """What a caller is told about `exc`; anything but a ServerError is an internal error of ours."""
+    if isinstance(exc, ServerError):
+        return one_line(str(exc))
+    return one_line(f"internal error: {type(exc).__name__}: {exc}")
+
+
 def maps_errors(method: F) -> F:
     """Turn ServerError into the matching status; anything else into INTERNAL, logged with a trace."""
 
     def abort(context: grpc.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, ServerError):
-            context.abort(grpc_code(exc), str(exc))
+            context.abort(grpc_code(exc), error_message(exc))
         log.exception("unexpected error in %s", method.__name__)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        context.abort(grpc.StatusCode.INTERNAL, error_message(exc))
 
     if inspect.isgeneratorfunction(method):
 

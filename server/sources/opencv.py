@@ -127,13 +127,24 @@ class OpenCVSource(FrameSource):
             self._next_at = max(self._next_at + self._frame_interval, time.monotonic() - self._frame_interval)
         ok, image = self._cap.read()
         if not ok and self._type == "file" and self.config.loop:
-            import cv2
-
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, image = self._cap.read()
+            ok, image = self._rewind()
         if not ok or image is None:
             return None
         return Frame(image=image, captured_at=time.time())
+
+    def _rewind(self) -> tuple[bool, Any]:
+        """The first frame again, at the end of a looping file: seek back, or reopen it."""
+        import cv2
+
+        self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        ok, image = self._cap.read()
+        if ok:
+            return ok, image
+        # A raw stream without an index (a .mjpeg of concatenated JPEGs, raw .h264) accepts the seek
+        # and then reads nothing; reopening starts it over, and is not a camera failure.
+        self._cap.release()
+        self._cap = self._open_file(cv2)
+        return self._cap.read()
 
     def close(self) -> None:
         if self._cap is not None:

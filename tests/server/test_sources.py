@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -172,3 +173,51 @@ def test_parse_source_forms(tmp_path: Path) -> None:
 def test_parse_source_errors_are_clear(spec: str, message: str) -> None:
     with pytest.raises(SourceError, match=message):
         parse_source(spec)
+
+
+def _write_raw_mjpeg(path: Path, levels: list[int]) -> Path:
+    """A raw MJPEG stream, JPEGs back to back, as IP cameras record it: no container, no index to seek."""
+    with path.open("wb") as out:
+        for level in levels:
+            ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), level, dtype=np.uint8))
+            assert ok
+            out.write(jpeg.tobytes())
+    return path
+
+
+def test_raw_mjpeg_file_loops_by_reopening(tmp_path: Path) -> None:
+    levels = [20, 70, 120, 170, 220]
+    source = OpenCVSource(
+        OpenCVSourceConfig(uri=str(_write_raw_mjpeg(tmp_path / "door.mjpeg", levels)), realtime=False)
+    )
+    source.open()
+    frames = [source.read() for _ in range(17)]
+    source.close()
+    assert all(f is not None for f in frames)
+    seen = [round(float(f.image.mean())) for f in frames if f is not None]
+    assert np.allclose(seen, [levels[i % len(levels)] for i in range(17)], atol=4), seen
+
+
+def test_a_looping_raw_mjpeg_camera_counts_no_failure(tmp_path: Path, make_onnx: Callable[..., Path]) -> None:
+    from edgecam.server.app import EdgecamServer
+    from edgecam.server.settings import CameraConfig, ModelConfig, ServerSettings
+
+    video = _write_raw_mjpeg(tmp_path / "door.mjpeg", [20, 70, 120, 170, 220])  # 25 fps: 0.2 s a loop
+    server = EdgecamServer(
+        ServerSettings(
+            grpc_port=0, metrics_port=0, models=[ModelConfig(path=make_onnx())],
+            cameras=[CameraConfig(name="door", source=str(video))],
+        )
+    )  # fmt: skip
+    server.start()
+    try:
+        time.sleep(1.5)
+        status = server.service.camera("door").status()
+    finally:
+        server.stop()
+    errors = [
+        s for metric in server.registry.collect() if metric.name == "edgecam_camera_errors"
+        for s in metric.samples if s.name.endswith("_total") and s.value > 0
+    ]  # fmt: skip
+    assert errors == []
+    assert status.up and status.frames_inferred >= 20  # about 7 loops of 5 frames at 25 fps

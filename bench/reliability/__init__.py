@@ -1,0 +1,33 @@
+"""Examinations of a running camera server, one module each: `run(args) -> dict`.
+
+bench/bench_reliability.py imports every module listed there that exists, calls its optional
+`add_arguments(parser)` for its own flags, then `run(args)` (args.quick: a bounded version for CI),
+and merges what they return: their figures, and a `targets` list made with `target()` below. The
+request strategies (oip_requests.py) are shared with tests/server/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPS = ("<", "<=", "==", ">=", ">")
+
+
+def target(name: str, value: float | None, op: str, bound: float, unit: str) -> dict[str, Any]:
+    """One line of a record's `targets`: `value op bound` is what the issue asks for; None: never happened."""
+    if op not in OPS:
+        raise ValueError(f"target {name!r}: op {op!r}; use one of {OPS}")
+    return {"name": name, "value": value, "op": op, "bound": bound, "unit": unit}
+
+
+def met(entry: dict[str, Any]) -> bool:
+    value, bound = entry["value"], entry["bound"]
+    if value is None:  # e.g. a camera that never recovered
+        return False
+    return {
+        "<": value < bound,
+        "<=": value <= bound,
+        "==": value == bound,
+        ">=": value >= bound,
+        ">": value > bound,
+    }[entry["op"]]
