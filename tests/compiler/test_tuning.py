@@ -322,17 +322,20 @@ def test_tuning_through_an_rpc_tracker_on_loopback(convnet: Path, tmp_path: Path
         tracker_addr=("127.0.0.1", tracker.port),
     )
     try:
-        result = CliRunner().invoke(
-            app,
+        # In a process of its own, as a user runs it: run in-process after the Ctrl-C test's CliRunner
+        # calls, it logged into their closed output streams and failed in the CLI.
+        result = subprocess.run(
             [
-                "tune", str(convnet), "-t", "x86_64", "--mcpu", "x86-64-v3", "--db", str(tmp_path),
-                "--trials", "32", "--rpc-tracker", f"127.0.0.1:{tracker.port}", "--rpc-key", "camera",
+                sys.executable, "-m", "edgecam", "tune", str(convnet), "-t", "x86_64", "--mcpu", "x86-64-v3",
+                "--db", str(tmp_path), "--trials", "32",
+                "--rpc-tracker", f"127.0.0.1:{tracker.port}", "--rpc-key", "camera",
             ],
+            capture_output=True, text=True, timeout=280,
         )  # fmt: skip
     finally:
         server.terminate()
         tracker.terminate()
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stdout + result.stderr
     database = tuning.database_dir(sha256_file(convnet), x86(), tmp_path)
     records = [json.loads(line) for line in (database / tuning.RECORDS).read_text().splitlines()]
     assert len(records) >= 16
