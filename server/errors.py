@@ -10,6 +10,7 @@ class Status(Enum):
     NOT_FOUND = "NOT_FOUND"
     UNAVAILABLE = "UNAVAILABLE"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     INTERNAL = "INTERNAL"
 
 
@@ -37,6 +38,12 @@ class FailedPrecondition(ServerError):
     """The request is valid but the server's state does not allow it (e.g. unloading a model in use)."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServerError):
+    """An operator's limit is reached (open streams, memory for requests in flight): retry later."""
+
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class ModelLoadError(ServerError):

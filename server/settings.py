@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgecam.server.shadow import ShadowConfig
@@ -60,6 +60,27 @@ class ServerSettings(BaseSettings):
     auth_token: SecretStr | None = None
     auth_tokens_file: Path | None = None
     keepalive_seconds: float = Field(default=30.0, gt=0)  # pings keep idle prediction streams alive
+
+    # -- serving limits (issue 18: streams cannot starve unary calls, memory is bounded) ---------
+    # Open StreamPredictions calls, all cameras together; one more gets RESOURCE_EXHAUSTED.
+    max_streams: int = Field(default=256, ge=1)
+    # Memory that requests in flight may hold: message, decoded inputs and the runtime's copy
+    # (server/budget.py). A request that does not fit in what is left gets RESOURCE_EXHAUSTED.
+    request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=16 * 1024 * 1024)
+    # SIGTERM: how long to wait for the cameras' threads (all at once) before leaving stuck ones.
+    camera_stop_seconds: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _budget_holds_one_request(self) -> ServerSettings:
+        # A raw request of max_message_bytes reserves 4× its size (server/budget.py); a budget
+        # smaller than that would refuse the largest request the server accepts, forever.
+        if self.request_memory_budget_bytes < 4 * self.max_message_bytes:
+            raise ValueError(
+                f"request_memory_budget_bytes {self.request_memory_budget_bytes} cannot hold one request "
+                f"of max_message_bytes {self.max_message_bytes} (needs 4x: {4 * self.max_message_bytes}); "
+                "raise the budget or lower max_message_bytes"
+            )
+        return self
 
     def tokens(self) -> list[str]:
         tokens = [self.auth_token.get_secret_value()] if self.auth_token else []
