@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent import futures
@@ -146,7 +147,7 @@ class EdgecamServer:
         services = (
             (
                 "inference.GRPCInferenceService",
-                InferenceServicer(self.service, self._executor, self.budget),
+                InferenceServicer(self.service, self._executor, self.budget, s.max_message_bytes),
                 oip,
             ),
             ("edgecam.v1.CameraService", CameraServicer(self.service), v1),
@@ -158,6 +159,7 @@ class EdgecamServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(_SERVICE_NAMES, server)
         address = f"{s.grpc_host}:{s.grpc_port}"
+        _check_free(s.grpc_host, s.grpc_port, "grpc_port")
         try:
             if s.tls is None:
                 self.grpc_port = server.add_insecure_port(address)
@@ -289,6 +291,26 @@ def _aborting_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     )
 
 
+def _check_free(host: str, port: int, setting: str) -> None:
+    """Fail in one line naming the port if it is taken: gRPC's own bind failure logs a C-core line first."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise OSError(f"cannot resolve {host} for gRPC: {exc}; check grpc_host") from None
+    for family, kind, proto, _, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is fine
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(
+                    f"cannot bind gRPC to {host}:{port}: {exc.strerror}; stop the other server or choose "
+                    f"another {setting}"
+                ) from None
+
+
 def _follow(model: LoadedModel, cameras: Iterable[CameraPipeline]) -> None:
     """A hot-reloaded model replaces the old version in every camera that used it."""
     for camera in cameras:
@@ -310,6 +332,11 @@ def _channel_options(s: ServerSettings) -> list[tuple[str, int]]:
         # One server per port: with SO_REUSEPORT (gRPC's default) a second server binds the same port
         # and the kernel splits connections between the two.
         ("grpc.so_reuseport", 0),
+        # A call's data is only buffered once its handler reads it (budget.py): until then at most
+        # the initial HTTP/2 window. Bandwidth-delay probing would grow that window to many MiB
+        # per call, and 16 unread 64 MiB requests then sat in gRPC's buffers (1.7 GB measured).
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 64 * 1024),
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive_ms),

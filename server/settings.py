@@ -66,18 +66,21 @@ class ServerSettings(BaseSettings):
     max_streams: int = Field(default=256, ge=1)
     # Memory that requests in flight may hold: message, decoded inputs and the runtime's copy
     # (server/budget.py). A request that does not fit in what is left gets RESOURCE_EXHAUSTED.
-    request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=16 * 1024 * 1024)
+    request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
     # SIGTERM: how long to wait for the cameras' threads (all at once) before leaving stuck ones.
     camera_stop_seconds: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _budget_holds_one_request(self) -> ServerSettings:
-        # A raw request of max_message_bytes reserves 4× its size (server/budget.py); a budget
-        # smaller than that would refuse the largest request the server accepts, forever.
-        if self.request_memory_budget_bytes < 4 * self.max_message_bytes:
+        # Every call reserves what a request of max_message_bytes costs before reading it
+        # (server/budget.py); a smaller budget would refuse every request, forever.
+        from edgecam.server.budget import receive_cost
+
+        needed = receive_cost(self.max_message_bytes)
+        if self.request_memory_budget_bytes < needed:
             raise ValueError(
                 f"request_memory_budget_bytes {self.request_memory_budget_bytes} cannot hold one request "
-                f"of max_message_bytes {self.max_message_bytes} (needs 4x: {4 * self.max_message_bytes}); "
+                f"of max_message_bytes {self.max_message_bytes} (needs {needed}); "
                 "raise the budget or lower max_message_bytes"
             )
         return self

@@ -5,8 +5,8 @@ suspended coroutine, not a thread: streams cannot take the workers unary calls a
 need. Anything that computes or touches the disk (inference, repository loads) runs in the bounded
 `executor`, so the loop stays free to answer health checks while a model runs.
 
-ModelInfer and ModelStreamInfer are registered without a request deserializer (`handlers`): they get
-the request's bytes and reserve memory for them from the budget before parsing (server/budget.py).
+ModelInfer and ModelStreamInfer read their requests themselves, as bytes (`handlers`), each only
+once the memory budget has room for it (server/budget.py).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc
 from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
-from edgecam.server.budget import MemoryBudget, decoded_cost, wire_cost
+from edgecam.server.budget import MemoryBudget, Reservation, decoded_cost, receive_cost, wire_cost
 from edgecam.server.errors import InvalidArgument, ServerError
 from edgecam.server.grpc import converters
-from edgecam.server.grpc.status import maps_errors
+from edgecam.server.grpc.status import grpc_code, maps_errors
+from edgecam.server.pipeline import Prediction
 from edgecam.server.service import EdgeService
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext
 
-# Methods that receive their request as bytes: the memory budget is charged before parsing.
+# Methods whose responses the handler serializes itself (shared by every stream).
+RAW_RESPONSES = frozenset({"StreamPredictions"})
+# Methods whose handler reads its request messages itself, as bytes, once the memory budget has
+# room for them: served as client-streaming calls (a unary call is the same on the wire).
 RAW_REQUESTS = frozenset({"ModelInfer", "ModelStreamInfer"})
 
 
 class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     """KServe v2 / Open Inference Protocol."""
 
-    def __init__(self, service: EdgeService, executor: Executor, budget: MemoryBudget) -> None:
+    def __init__(
+        self, service: EdgeService, executor: Executor, budget: MemoryBudget, max_message_bytes: int
+    ) -> None:
         self._service = service
         self._executor = executor
         self._budget = budget
+        self._receive_cost = receive_cost(max_message_bytes)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -76,29 +83,40 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return converters.model_metadata(self._service.model(request.name, request.version))
 
     @maps_errors
-    async def ModelInfer(self, request: bytes, context: Context) -> oip.ModelInferResponse:
-        with self._budget.reserve(wire_cost(len(request)), "ModelInfer request") as reservation:
-            return await self._run(self._infer, request, reservation)
+    async def ModelInfer(self, requests: AsyncIterator[bytes], context: Context) -> oip.ModelInferResponse:
+        with self._budget.reserve(self._receive_cost, "ModelInfer request") as reservation:
+            raw = await context.read()
+            if not isinstance(raw, bytes):  # grpc.aio.EOF: the client half-closed without a message
+                raise InvalidArgument("ModelInfer needs one request message; the client sent none")
+            return await self._run(self._infer, raw, reservation)
 
-    def _infer(self, raw: bytes, reservation: Any) -> oip.ModelInferResponse:
-        """On the executor: parse, reserve the decoded size, decode, run, encode."""
+    def _infer(self, raw: bytes, reservation: Reservation) -> oip.ModelInferResponse:
+        """On the executor: trim the reservation to this request, parse, decode, run, encode."""
+        reservation.resize(wire_cost(len(raw)))
         request = _parse(raw)
         reservation.grow(decoded_cost(request))
         return converters.infer_response(self._service.infer(converters.infer_request(request)))
 
-    async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
-        # Errors travel in the response (Triton's convention) so one bad request keeps the stream.
-        async for raw in request_iterator:
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        # Errors travel in the response (Triton's convention) so one bad request keeps the stream;
+        # a full memory budget ends it (RESOURCE_EXHAUSTED): the next message was not read.
+        while True:
             try:
-                with self._budget.reserve(wire_cost(len(raw)), "ModelStreamInfer request") as reservation:
-                    response = await self._run(self._infer, raw, reservation)
-                yield oip.ModelStreamInferResponse(infer_response=response)
+                reservation = self._budget.reserve(self._receive_cost, "ModelStreamInfer request")
             except ServerError as exc:
-                yield oip.ModelStreamInferResponse(
-                    error_message=str(exc), infer_response=oip.ModelInferResponse(id=_request_id(raw))
-                )
+                await context.abort(grpc_code(exc), str(exc))
+            with reservation:
+                raw = await context.read()
+                if not isinstance(raw, bytes):  # grpc.aio.EOF: the client ended the stream
+                    return
+                try:
+                    response = await self._run(self._infer, raw, reservation)
+                    answer = oip.ModelStreamInferResponse(infer_response=response)
+                except ServerError as exc:
+                    answer = oip.ModelStreamInferResponse(
+                        error_message=str(exc), infer_response=oip.ModelInferResponse(id=_request_id(raw))
+                    )
+            await context.write(answer)
 
     @maps_errors
     async def ModelStatistics(
@@ -136,6 +154,8 @@ class CameraServicer(v1_grpc.CameraServiceServicer):
 
     def __init__(self, service: EdgeService) -> None:
         self._service = service
+        # Per (camera, top_k): the last prediction sent and its bytes. Only the loop touches it.
+        self._encoded_last: dict[tuple[str, int], tuple[Prediction, bytes]] = {}
 
     @maps_errors
     async def ListCameras(self, request: v1.ListCamerasRequest, context: Context) -> v1.ListCamerasResponse:
@@ -144,11 +164,27 @@ class CameraServicer(v1_grpc.CameraServiceServicer):
         )
 
     @maps_errors
-    async def StreamPredictions(
-        self, request: v1.StreamPredictionsRequest, context: Context
-    ) -> AsyncIterator[v1.Prediction]:
+    async def StreamPredictions(self, request: v1.StreamPredictionsRequest, context: Context) -> None:
+        # context.write rather than yield: a client that went away fails the write, which ends the
+        # stream here quietly instead of as an error logged by grpc for every disconnect.
         async for prediction in self._service.stream_predictions(request.camera):
-            yield converters.prediction(prediction, request.top_k)
+            try:
+                await context.write(self._encoded(prediction, request.top_k))
+            except Exception:
+                if context.done():
+                    return
+                raise
+
+    def _encoded(self, prediction: Prediction, top_k: int) -> bytes:
+        """The serialized message of `prediction`, made once for every stream that sends it: with
+        hundreds of streams per camera, converting per stream kept the loop busy for milliseconds
+        per frame (StreamPredictions is registered to send bytes as they are)."""
+        key = (prediction.camera, top_k)
+        cached = self._encoded_last.get(key)
+        if cached is None or cached[0] is not prediction:
+            cached = (prediction, converters.prediction(prediction, top_k).SerializeToString())
+            self._encoded_last[key] = cached
+        return cached[1]
 
     @maps_errors
     async def GetModelInfo(self, request: v1.GetModelInfoRequest, context: Context) -> v1.ModelInfo:
@@ -185,10 +221,11 @@ def handlers(service_name: str, servicer: object, module: Any) -> dict[str, grpc
     for method in descriptor.methods:
         request_type = getattr(module, method.input_type.name)
         response_type = getattr(module, method.output_type.name)
-        make = kinds[(method.client_streaming, method.server_streaming)]
+        raw = method.name in RAW_REQUESTS
+        make = kinds[(method.client_streaming or raw, method.server_streaming)]
         built[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=None if method.name in RAW_REQUESTS else request_type.FromString,
-            response_serializer=response_type.SerializeToString,
+            request_deserializer=None if raw else request_type.FromString,
+            response_serializer=None if method.name in RAW_RESPONSES else response_type.SerializeToString,
         )
     return built
