@@ -225,6 +225,6 @@ def test_16_concurrent_64_mib_requests_stay_in_the_memory_budget(
         # Known, not yet fixed: refused calls cost nothing (+1 MiB measured with every call refused,
         # unread), but an admitted 64 MiB request makes RSS grow ~300 MiB (gRPC's buffers, bytes,
         # message, decoded copy, runtime) and the next one is admitted before that memory is back
-        # with the system (peak +0.6-1.2 GB measured); and on 2 shared cores the admitted requests
+        # with the system (peak +0.45-1.0 GB measured); and on 2 shared cores the admitted requests
         # take the camera to 60-80% of its rate. The statuses above hold; this does not yet.
         pytest.xfail(f"RSS peak +{peak / 2**20:.0f} MiB (budget 512), camera {fps:.1f} of 20 fps")
