@@ -88,7 +88,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         # Held until the call is over, not until this returns: gRPC still holds the request's bytes
         # and buffers until then, and releasing earlier let the next 64 MiB request in on top of
         # them (RSS peak 2× one request's).
-        context.add_done_callback(lambda _context: reservation.release())
+        release: Any = lambda _context: reservation.release()  # noqa: E731 (grpc's DoneCallback type)
+        context.add_done_callback(release)
         raw = await context.read()
         if not isinstance(raw, bytes):  # grpc.aio.EOF: the client half-closed without a message
             raise InvalidArgument("ModelInfer needs one request message; the client sent none")
