@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +99,13 @@ def run(settings: ServerSettings) -> None:
     stop.wait()
     log.info("stopping: finishing in-flight requests, ending streams")
     server.stop()
+    # A camera thread may still be blocked in a driver read (a silent stream: daemon, left behind at
+    # the stop deadline). Tearing the interpreter down under it can abort the process (SIGABRT was
+    # seen), so after the orderly stop above exit without finalization, logs flushed first.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _model_config(spec: str) -> ModelConfig:

@@ -11,6 +11,7 @@ class Status(Enum):
     UNAVAILABLE = "UNAVAILABLE"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     INTERNAL = "INTERNAL"
 
 
@@ -38,6 +39,12 @@ class FailedPrecondition(ServerError):
     """The request is valid but the server's state does not allow it (e.g. unloading a model in use)."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServerError):
+    """An operator's limit is reached (open streams, memory for requests in flight): retry later."""
+
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class ModelLoadError(ServerError):

@@ -97,6 +97,26 @@ class EdgecamMetrics:
         self.requests = Counter(
             "edgecam_requests", "Direct ModelInfer requests by result code.", ["model", "code"], registry=r
         )
+        # Operator limits (settings max_streams, request_memory_budget_bytes): what they refused.
+        self.requests_refused = Counter(
+            "edgecam_requests_refused",
+            "Calls refused with RESOURCE_EXHAUSTED at an operator limit "
+            "(memory_budget: request memory budget full; max_streams: too many open streams).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("memory_budget", "max_streams"):
+            self.requests_refused.labels(reason=reason)
+        self.request_memory = Gauge(
+            "edgecam_request_memory_bytes",
+            "Memory reserved by requests in flight (message, decoded inputs and their runtime copy).",
+            registry=r,
+        )
+        self.request_memory_budget = Gauge(
+            "edgecam_request_memory_budget_bytes",
+            "The budget request_memory_bytes may not exceed (setting request_memory_budget_bytes).",
+            registry=r,
+        )
         self.model_loads = Counter(
             "edgecam_model_loads",
             "Model versions verified and swapped in (start-up and hot reloads).",

@@ -12,12 +12,12 @@ Several pipelines may share one LoadedModel: runtimes serialise or parallelise `
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.shadow import ShadowChecker
 from edgecam.server.sources.base import Frame, FrameSource, SourceConfig, create_source
+from edgecam.server.subscriptions import AsyncSubscription, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -89,58 +90,6 @@ class CameraStatus:
     subscribers: int
 
 
-class Subscription:
-    """A bounded queue of predictions for one consumer; a slow consumer loses its oldest ones."""
-
-    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
-        self._queue: collections.deque[Prediction] = collections.deque(maxlen=maxsize)
-        self._cond = threading.Condition()
-        self._on_close = on_close
-        self._closed = False
-        self.dropped = 0
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def put(self, prediction: Prediction) -> bool:
-        """Queue a prediction; True if the oldest queued one had to be dropped for it."""
-        with self._cond:
-            dropped = len(self._queue) == self._queue.maxlen
-            self._queue.append(prediction)
-            self.dropped += dropped
-            self._cond.notify()
-        return dropped
-
-    def get(self, timeout: float | None = None) -> Prediction | None:
-        """The next prediction, or None after `timeout` seconds or once closed and drained."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._queue or self._closed, timeout)
-            return self._queue.popleft() if self._queue else None
-
-    def iter(self, idle_timeout: float | None = None) -> Iterator[Prediction]:
-        """Predictions until closed, or until none came for `idle_timeout` seconds."""
-        while (prediction := self.get(idle_timeout)) is not None:
-            yield prediction
-
-    def __iter__(self) -> Iterator[Prediction]:
-        return self.iter()
-
-    def close(self) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
-        self._on_close(self)
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class CameraPipeline:
     """Capture and inference threads for one camera; `start()`, `subscribe()`, `stop()`."""
 
@@ -166,7 +115,7 @@ class CameraPipeline:
         self._captured = self._inferred = self._dropped = self._labelled = self._correct = 0
         self._last_captured_at: float | None = None
         self._inferred_times: collections.deque[float] = collections.deque()
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: set[Subscription | AsyncSubscription] = set()
         self._threads: list[threading.Thread] = []
         self._started_at: float | None = None
         self._failing: str | None = None  # the drop reason of the current run of failures
@@ -189,24 +138,41 @@ class CameraPipeline:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop both threads and end every subscription; returns within about `timeout` seconds."""
+        self.request_stop()
+        self.join(time.monotonic() + timeout)
+
+    def request_stop(self) -> None:
+        """Tell both threads to stop, without waiting: a server stops all its cameras at once."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        deadline = time.monotonic() + timeout
+
+    def join(self, deadline: float) -> None:
+        """Wait until the monotonic `deadline` for the threads, then end every subscription.
+
+        A capture thread blocked inside a driver's read (a silent network camera) may outlive the
+        deadline; it is a daemon thread and the capture loop exits as soon as that read returns.
+        """
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                log.warning(
-                    "camera %s: thread %s did not stop within %.1f s", self.name, thread.name, timeout
-                )
+                log.warning("camera %s: thread %s did not stop in time; left behind", self.name, thread.name)
         self._threads = []
         if self._shadow is not None:
-            self._shadow.stop(timeout)
+            self._shadow.stop(max(0.0, deadline - time.monotonic()))
         for subscription in list(self._subscribers):
             subscription.close()
 
     def subscribe(self) -> Subscription:
+        """A queue of this camera's predictions for a thread; close it (or use `with`) when done."""
         subscription = Subscription(self.options.subscriber_queue, self._unsubscribe)
+        with self._cond:
+            self._subscribers.add(subscription)
+        return subscription
+
+    def subscribe_async(self, loop: asyncio.AbstractEventLoop) -> AsyncSubscription:
+        """The same for a coroutine on `loop` (the gRPC server's); call it on that loop."""
+        subscription = AsyncSubscription(self.options.subscriber_queue, self._unsubscribe, loop)
         with self._cond:
             self._subscribers.add(subscription)
         return subscription
@@ -373,6 +339,6 @@ class CameraPipeline:
         span = min(self.options.fps_window_s, now - self._started_at)
         return recent / span if span > 0 else 0.0
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
+    def _unsubscribe(self, subscription: Subscription | AsyncSubscription) -> None:
         with self._cond:
             self._subscribers.discard(subscription)

@@ -6,18 +6,26 @@ request is lives here once, whatever protocol carried it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgecam import __version__
 from edgecam.datatypes import to_numpy
-from edgecam.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from edgecam.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline, Prediction
 from edgecam.server.repository import ModelRepository
@@ -62,12 +70,16 @@ class EdgeService:
         repository: ModelRepository,
         cameras: Mapping[str, CameraPipeline],
         metrics: EdgecamMetrics,
+        max_streams: int = 256,
     ) -> None:
         self.repository = repository
         self.statistics = StatisticsBook()
         self._cameras = dict(cameras)
         self._metrics = metrics
         self._stopping = threading.Event()
+        self._max_streams = max_streams
+        self._streams = 0  # open prediction streams, all cameras
+        self._streams_lock = threading.Lock()
 
     # -- health -------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -139,31 +151,61 @@ class EdgeService:
             raise NotFound(f"unknown camera {name!r}; this server has cameras {sorted(self._cameras)}")
         return found
 
-    def stream_predictions(self, camera: str, should_continue: Callable[[], bool]) -> Iterator[Prediction]:
-        """Predictions of one camera until the caller goes away or the server stops."""
+    async def stream_predictions(self, camera: str) -> AsyncIterator[Prediction]:
+        """Predictions of one camera, on the calling event loop, until the caller goes away or the
+        server stops. A slow reader loses its oldest predictions (counted per camera), never the
+        camera's rate, and costs at most its queue."""
         pipeline = self.camera(camera)
         if self._stopping.is_set():
             raise Unavailable("server is shutting down")
-        with pipeline.subscribe() as subscription:
-            while should_continue() and not self._stopping.is_set():
-                prediction = subscription.get(timeout=0.5)
-                if prediction is not None:
-                    yield prediction
+        with self._stream_slot():
+            subscription = pipeline.subscribe_async(asyncio.get_running_loop())
+            try:
+                while not self._stopping.is_set() and not subscription.closed:
+                    prediction = await subscription.get(timeout=0.5)
+                    if prediction is not None:
+                        yield prediction
+            finally:  # also when the client cancels: the task is cancelled inside get()
+                subscription.close()
         if self._stopping.is_set():
             # A status, not a silent end: the client knows to reconnect rather than assume the camera ended.
             raise Unavailable(f"server is shutting down; stream of camera {camera!r} ended")
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        with self._streams_lock:
+            if self._streams >= self._max_streams:
+                self._metrics.requests_refused.labels(reason="max_streams").inc()
+                raise ResourceExhausted(
+                    f"{self._streams} prediction streams are open, the limit (max_streams) is "
+                    f"{self._max_streams}; close one or raise max_streams"
+                )
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         for pipeline in self._cameras.values():
             pipeline.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Refuse new work, end prediction streams, stop the cameras."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """Refuse new work, end prediction streams, stop the cameras: all at once, in about `timeout` s.
+
+        Cameras stop in parallel: a silent network camera blocks its capture thread in a driver read
+        (up to its frame-age limit), and joining them one after another made shutdown take that long
+        per camera. Threads still blocked at the deadline are daemons and are left behind.
+        """
         self._stopping.set()
         self.repository.stop()
+        deadline = time.monotonic() + timeout
         for pipeline in self._cameras.values():
-            pipeline.stop(timeout)
+            pipeline.request_stop()
+        for pipeline in self._cameras.values():
+            pipeline.join(deadline)
 
 
 def _validated_inputs(model: LoadedModel, inputs: Sequence[Tensor]) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgecam.server.shadow import ShadowConfig
@@ -69,6 +69,30 @@ class ServerSettings(BaseSettings):
     repository_rpcs: bool = True
     # Every new version is test-loaded and run in a child process first; it must finish within this.
     probe_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    # -- serving limits (issue 18: streams cannot starve unary calls, memory is bounded) ---------
+    # Open StreamPredictions calls, all cameras together; one more gets RESOURCE_EXHAUSTED.
+    max_streams: int = Field(default=256, ge=1)
+    # Memory that requests in flight may hold: message, decoded inputs and the runtime's copy
+    # (server/budget.py). A request that does not fit in what is left gets RESOURCE_EXHAUSTED.
+    request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
+    # SIGTERM: how long to wait for the cameras' threads (all at once) before leaving stuck ones.
+    camera_stop_seconds: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _budget_holds_one_request(self) -> ServerSettings:
+        # Every call reserves what a request of max_message_bytes costs before reading it
+        # (server/budget.py); a smaller budget would refuse every request, forever.
+        from edgecam.server.budget import receive_cost
+
+        needed = receive_cost(self.max_message_bytes)
+        if self.request_memory_budget_bytes < needed:
+            raise ValueError(
+                f"request_memory_budget_bytes {self.request_memory_budget_bytes} cannot hold one request "
+                f"of max_message_bytes {self.max_message_bytes} (needs {needed}); "
+                "raise the budget or lower max_message_bytes"
+            )
+        return self
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> ServerSettings:

@@ -6,7 +6,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -20,6 +20,7 @@ _CODES = {
     Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Status.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Status.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Status.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -42,14 +43,47 @@ def error_message(exc: Exception) -> str:
     return one_line(f"internal error: {type(exc).__name__}: {exc}")
 
 
-def maps_errors(method: F) -> F:
-    """Turn ServerError into the matching status; anything else into INTERNAL, logged with a trace."""
+def _status(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ServerError):
+        return grpc_code(exc), error_message(exc)
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, error_message(exc)
 
-    def abort(context: grpc.ServicerContext, exc: Exception) -> None:
-        if isinstance(exc, ServerError):
-            context.abort(grpc_code(exc), error_message(exc))
-        log.exception("unexpected error in %s", method.__name__)
-        context.abort(grpc.StatusCode.INTERNAL, error_message(exc))
+
+def maps_errors(method: F) -> F:
+    """Turn ServerError into the matching status; anything else into INTERNAL, logged with a trace.
+
+    Works on sync servicer methods and on grpc.aio ones (coroutines, async generators), whose
+    context.abort is itself a coroutine.
+    """
+    name = method.__name__
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def async_stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except Exception as exc:
+                await context.abort(*_status(name, exc))
+
+        return async_stream  # type: ignore[return-value]
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def async_unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                await context.abort(*_status(name, exc))
+
+        return async_unary  # type: ignore[return-value]
+
+    def abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+        context.abort(*_status(name, exc))
+        raise AssertionError("context.abort returned")  # it raises; this tells the type checker
 
     if inspect.isgeneratorfunction(method):
 
