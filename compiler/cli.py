@@ -29,6 +29,11 @@ def compile_command(
         "12 quantization steps of each output for an int8 (QDQ) one.",
     ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
+    channels_last: bool = typer.Option(
+        True,
+        help="Compute convolutions channels-last on CPUs; --no-channels-last builds the imported layout "
+        "(the way out when a build error blames edgecam's channels-last rewrite).",
+    ),
 ) -> None:
     """Compile an ONNX model with TVM for a target and verify it against ONNX Runtime."""
     from rich.console import Console
@@ -43,6 +48,8 @@ def compile_command(
         options["mattr"] = mattr
     if arch:
         options["arch"] = arch
+    if not channels_last:
+        options["channels_last"] = False
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(STEPS))

@@ -57,10 +57,10 @@ def to_channels_last(mod: Any) -> Any:
     does not know keep their layout (module docstring)."""
     from tvm import relax
 
-    mod = relax.transform.FoldConstant()(mod)  # Clip's NaN-sanitized bounds become constants
-    mod = _clip_as_ops(mod)
     if not _has_conv2d(mod):  # nothing to convert: leave every op's layout rule alone
         return mod
+    mod = relax.transform.FoldConstant()(mod)  # Clip's NaN-sanitized bounds become constants
+    mod = _clip_as_ops(mod)
     hidden, kept = _isolate(mod)
     try:
         converted = relax.transform.ConvertLayout(LAYOUTS)(hidden)
@@ -177,6 +177,8 @@ def _clip_as_ops(mod: Any) -> Any:
     ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
 
     def as_op(call: Any, _matches: dict[Any, Any]) -> Any:
+        if not isinstance(call, relax.Call):  # the pattern also matches a var bound to such a call
+            return call
         callee, args = call.args[0], call.args[1]
         match = isinstance(callee, ir.GlobalVar) and _TE_CLIP.fullmatch(callee.name_hint)
         if not match or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
