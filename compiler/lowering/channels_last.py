@@ -57,10 +57,12 @@ def to_channels_last(mod: Any) -> Any:
     does not know keep their layout (module docstring)."""
     from tvm import relax
 
+    # Clip's NaN-sanitized bounds become constants; so do transposed Gemm weights, which
+    # pack_gemms (run next) packs only as constants.
+    mod = relax.transform.FoldConstant()(mod)
+    mod = _clip_as_ops(mod)
     if not _has_conv2d(mod):  # nothing to convert: leave every op's layout rule alone
         return mod
-    mod = relax.transform.FoldConstant()(mod)  # Clip's NaN-sanitized bounds become constants
-    mod = _clip_as_ops(mod)
     hidden, kept = _isolate(mod)
     try:
         converted = relax.transform.ConvertLayout(LAYOUTS)(hidden)

@@ -128,3 +128,51 @@ def test_ops_without_a_known_layout_rule_keep_their_layout_and_convs_still_conve
     assert [int(d) for d in stack.ty.shape] == [2, 1, 8, 8, 8]  # stacked NCHW tensors, as imported
     blocks = mod["main"].body.blocks
     assert len(blocks) == 1 and isinstance(blocks[0], relax.DataflowBlock)
+
+
+def test_expand_to_a_runtime_shape_builds_and_runs() -> None:
+    """ONNX Expand to a shape given as an input: its kernel has symbolic extents, which edgecam's
+    schedule rules leave to TVM's default schedule instead of failing the build."""
+    import tvm
+    from onnx import TensorProto, helper
+
+    from edgecam.compiler.frontends.onnx import import_proto
+    from edgecam.compiler.targets import create_target
+
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"], name="expand0")],
+        "expand",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    executable = create_target("x86_64").build(import_proto(model))
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    x = np.arange(3, dtype=np.float32).reshape(3, 1)
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array([3, 4], np.int64))).numpy()
+    np.testing.assert_array_equal(got, np.broadcast_to(x, (3, 4)))
+
+
+def test_a_shape_output_comes_back_as_a_tensor() -> None:
+    """ONNX Shape as the model's output: TVM returns a Relax shape value, which the runtime cannot
+    hand back; the import makes it an int64 tensor."""
+    import tvm
+    from onnx import TensorProto, helper
+
+    from edgecam.compiler.frontends.onnx import import_proto
+    from edgecam.compiler.targets import create_target
+
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["y"], name="shape0")],
+        "shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    vm = tvm.relax.VirtualMachine(create_target("x86_64").build(import_proto(model)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(np.zeros((3, 4, 5), np.float32)))
+    assert isinstance(got, tvm.runtime.Tensor)
+    np.testing.assert_array_equal(got.numpy(), np.array([3, 4, 5], np.int64))
