@@ -170,7 +170,7 @@ def _shapes_as_tensors(mod: Any) -> Any:
     if not isinstance(body, relax.SeqExpr):
         return mod
     builder = relax.BlockBuilder()
-    bindings = []
+    bindings: list[Any] = []
 
     def tensor(expr: Any) -> Any:
         if not isinstance(expr.ty, relax.ShapeType):
