@@ -163,27 +163,36 @@ def _edgecam(
     path: Path, model: Any, feeds: Feeds, expected: list[np.ndarray], rtol: float, atol: float, locate: bool,
     verifiable: bool,
 ) -> tuple[str, str, dict[str, Any] | None]:  # fmt: skip
-    """(result, which path: "artifact" or "library", the failing node's description)."""
+    """(result, which path: "artifact", "library" or why not the artifact, the failing node)."""
     from edgecam.compiler.errors import CompilerError, ModelImportError, NodeBuildError
     from edgecam.compiler.frontends.onnx import load_onnx
+    from edgecam.server.runtime import ArtifactError, ModelLoadError
 
     try:
         load_onnx(path)  # the artifact contract: an image input the camera can feed
-        image = verifiable
+        route = "artifact" if verifiable else "library (ONNX Runtime cannot run it to verify an artifact)"
     except ModelImportError:
-        image = False
+        route = "library"
     try:
-        got = _artifact_outputs(path, feeds) if image else _library_outputs(path, model, feeds, locate)
+        if route == "artifact":
+            try:
+                got = _artifact_outputs(path, feeds)
+            except (ArtifactError, ModelLoadError) as exc:
+                # The server refuses an artifact whose load-time run on zeros gives other output
+                # shapes than the manifest's: outputs whose shape depends on an input's values.
+                route = f"library (the server refused the artifact: {_line(exc)})"
+        if route != "artifact":
+            got = _library_outputs(path, model, feeds, locate)
     except NodeBuildError as exc:
         node = {"name": exc.node_name, "op_type": exc.op_type, "opset": exc.opset, "culprit": exc.culprit}
-        return f"build: {exc}", "artifact" if image else "library", node
+        return f"build: {exc}", route, node
     except ModelImportError as exc:
-        return f"import: {exc}", "artifact" if image else "library", None
+        return f"import: {exc}", route, None
     except CompilerError as exc:
-        return f"build: {exc}", "artifact" if image else "library", None
+        return f"build: {exc}", route, None
     except Exception as exc:  # the runtime raises TVM's own error types
-        return f"run: {_line(exc)}", "artifact" if image else "library", None
-    return compare(got, expected, rtol, atol), "artifact" if image else "library", None
+        return f"run: {_line(exc)}", route, None
+    return compare(got, expected, rtol, atol), route, None
 
 
 def _onnxruntime(path: Path, feeds: Feeds, expected: list[np.ndarray], rtol: float, atol: float) -> str:

@@ -176,3 +176,24 @@ def test_a_shape_output_comes_back_as_a_tensor() -> None:
     got = vm["main"](tvm.runtime.tensor(np.zeros((3, 4, 5), np.float32)))
     assert isinstance(got, tvm.runtime.Tensor)
     np.testing.assert_array_equal(got.numpy(), np.array([3, 4, 5], np.int64))
+
+
+def test_einsum_whose_result_is_the_output_builds_and_runs() -> None:
+    """ONNX Einsum imports as a call_tir bound to a var the output aliases; the Clip rewrite's pattern
+    matched that var too and took it for a call."""
+    import tvm
+    from onnx import TensorProto, helper
+
+    from edgecam.compiler.frontends.onnx import import_proto
+    from edgecam.compiler.targets import create_target
+
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", ["x"], ["y"], equation="ij->ji", name="einsum0")],
+        "einsum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    vm = tvm.relax.VirtualMachine(create_target("x86_64").build(import_proto(model)), tvm.cpu())
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x.T)
