@@ -197,3 +197,25 @@ def test_einsum_whose_result_is_the_output_builds_and_runs() -> None:
     vm = tvm.relax.VirtualMachine(create_target("x86_64").build(import_proto(model)), tvm.cpu())
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x.T)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", ["convs_into_sum", "conv_dropout_conv"])
+def test_the_issue_graphs_build_for_aarch64_and_verify_under_qemu(build: str, tmp_path: Path) -> None:
+    """The aarch64 target converts convs channels-last too; its build is verified under qemu-user
+    (compiler/targets/arm_emulation.py) where that is installed."""
+    from edgecam.compiler.targets import arm_emulation
+
+    if arm_emulation.missing_tools():
+        pytest.skip(
+            f"needs qemu-user and the aarch64 cross g++: apt-get install {arm_emulation.APT_PACKAGES}"
+        )
+    model = (
+        convs_into_sum(tmp_path / "m.onnx")
+        if build == "convs_into_sum"
+        else conv_dropout_conv(tmp_path / "m.onnx", 9)
+    )
+    artifact = compile_model(model, "aarch64", tmp_path / "art", samples=2)
+    verification = load_artifact(artifact.path, check_host=False).manifest.verification
+    assert verification is not None and verification.runner.startswith("qemu-aarch64")
+    assert verification.max_abs_diff <= 1e-4
