@@ -205,21 +205,20 @@ def _failure(build: Build, proto: Any) -> BaseException | None:
     return None
 
 
-_INFERRED: dict[int, Any] = {}
+_INFERRED: list[tuple[Any, Any]] = []  # [(model, its shape-inferred copy)]: the last model asked about
 
 
 def _inferred(proto: Any) -> Any:
-    """`proto` with ONNX shape inference's value_info (cached: every prefix asks)."""
+    """`proto` with ONNX shape inference's value_info (cached for the model at hand: every prefix asks)."""
     import onnx
 
-    key = id(proto)
-    if key not in _INFERRED:
+    if not _INFERRED or _INFERRED[0][0] is not proto:
         try:
-            _INFERRED.clear()  # one model at a time
-            _INFERRED[key] = onnx.shape_inference.infer_shapes(proto)
+            inferred = onnx.shape_inference.infer_shapes(proto)
         except Exception:  # inference refuses some graphs; the shapes then stay unknown
-            _INFERRED[key] = proto
-    return _INFERRED[key]
+            inferred = proto
+        _INFERRED[:] = [(proto, inferred)]  # holding the model keeps `is` meaningful
+    return _INFERRED[0][1]
 
 
 def _shapes(proto: Any) -> dict[str, list[int] | None]:
