@@ -27,6 +27,7 @@ import numpy as np
 
 KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator", "light")
 CASES_CACHE = Path.home() / ".cache" / "edgecam" / "onnx-backend-test"
+QDQ_OPSET = 13
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-7  # onnx's TestCase defaults, used where a case has none
 
 
@@ -300,3 +301,64 @@ def _line(exc: BaseException) -> str:
     from edgecam.compiler.node_errors import cause_of
 
     return cause_of(exc)[:300]
+
+
+def run_int8(case: Path, frames: int = 8) -> dict[str, Any]:
+    """A whole network (light/) through edgecam's int8 pass, calibrated on OpenCV's sample photos
+    (real images, through the preprocessing edgecam infers for the input), then compile_model for
+    x86_64, which verifies the integer build against ONNX Runtime's int8 within the documented
+    tolerance (a few output quantization steps)."""
+    import cv2
+    import onnx
+
+    from edgecam.compiler.build import compile_model
+    from edgecam.compiler.errors import CompilerError
+    from edgecam.compiler.frontends.onnx import load_onnx
+    from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
+    from edgecam.models.efficientnet_lite0 import opencv_doc
+    from edgecam.preprocessing import preprocess
+
+    started = time.perf_counter()
+    row: dict[str, Any] = {"case": case.stem}
+    described = load_onnx(case)
+    photos = sorted((opencv_doc.fetch() / opencv_doc.PHOTOS_DIR).glob("*.jpg"))[:frames]
+    images = [image for image in (cv2.imread(str(p)) for p in photos) if image is not None]
+    feeds = [{described.inputs[0].name: preprocess(image, described.preprocessing)} for image in images]
+    with tempfile.TemporaryDirectory(prefix="edgecam-onnx-int8-") as tmp:
+        try:
+            quantized = create_pass(parse_pass_config({"kind": "int8"})).apply(
+                _without_initializer_inputs(onnx.load(str(case))), PassContext(feeds, Path(tmp) / "work")
+            )
+            path = Path(tmp) / "int8.onnx"
+            onnx.save(quantized.model, str(path))
+            artifact = compile_model(path, "x86_64", Path(tmp) / "art", samples=2)
+        except CompilerError as exc:
+            return {**row, "int8": f"failed: {exc}"[:600], "seconds": round(time.perf_counter() - started, 1)}
+    verification = artifact.manifest.verification
+    assert verification is not None  # x86_64 on this host verifies natively
+    return {
+        **row,
+        "int8": "pass",
+        "calibration_images": len(feeds),
+        "max_abs_diff": verification.max_abs_diff,
+        "tolerance": verification.tolerance,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _without_initializer_inputs(model: Any) -> Any:
+    """The same model in IR 4+ form at opset 13 or later: these IR-3 exports list every weight as a
+    graph input too, which ONNX Runtime's quantizer then asks to be fed."""
+    import onnx.version_converter
+
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.ir_version = max(model.ir_version, 4)
+    # Per-channel QDQ (DequantizeLinear's axis) needs opset 13; these exports are opset 6-9.
+    return onnx.version_converter.convert_version(model, max(QDQ_OPSET, _opset(model)))
+
+
+def _opset(model: Any) -> int:
+    return max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
