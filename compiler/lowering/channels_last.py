@@ -59,7 +59,7 @@ def to_channels_last(mod: Any) -> Any:
 
     # Clip's NaN-sanitized bounds become constants; so do transposed Gemm weights, which
     # pack_gemms (run next) packs only as constants.
-    mod = relax.transform.FoldConstant()(mod)
+    mod = fold_constants(mod)
     mod = _clip_as_ops(mod)
     if not _has_conv2d(mod):  # nothing to convert: leave every op's layout rule alone
         return mod
@@ -75,7 +75,21 @@ def to_channels_last(mod: Any) -> Any:
         )
         return mod
     converted = _restore(converted)
-    return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(converted))
+    return relax.transform.DeadCodeElimination()(fold_constants(converted))
+
+
+def fold_constants(mod: Any) -> Any:
+    """TVM's FoldConstant, unless what it returns is ill-formed: on ONNX Slice with starts given at
+    run time it leaves a call of a shape function it never adds to the module (TVM 0.27)."""
+    from tvm import relax
+
+    folded = relax.transform.FoldConstant()(mod)
+    try:
+        relax.analysis.well_formed(folded)  # raises where it is not; False for lesser faults
+    except Exception as exc:  # TVM raises ValueError or its own error types
+        log.info("not folding constants: the result would be ill-formed (%s)", str(exc).splitlines()[-1])
+        return mod
+    return folded
 
 
 def movable(call: Any) -> bool:

@@ -199,6 +199,29 @@ def test_einsum_whose_result_is_the_output_builds_and_runs() -> None:
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), x.T)
 
 
+def test_slice_with_runtime_starts_builds_and_runs() -> None:
+    """ONNX Slice whose starts/ends are inputs: TVM's FoldConstant leaves a call of a shape function it
+    never adds to the module, so the rewrite keeps the module unfolded there."""
+    import tvm
+    from onnx import TensorProto, helper
+
+    from edgecam.compiler.frontends.onnx import import_proto
+    from edgecam.compiler.targets import create_target
+
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, [1]) for n in ("starts", "ends", "axes")]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"], name="slice0")],
+        "slice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 4]), *ints],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    vm = tvm.relax.VirtualMachine(create_target("x86_64").build(import_proto(model)), tvm.cpu())
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    args = [tvm.runtime.tensor(np.array([v], np.int64)) for v in (1, 4, 0)]
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x), *args).numpy(), x[1:4])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("build", ["convs_into_sum", "conv_dropout_conv"])
 def test_the_issue_graphs_build_for_aarch64_and_verify_under_qemu(build: str, tmp_path: Path) -> None:
