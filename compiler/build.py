@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecam import weight_codec
-from edgecam.compiler import tuning, verify
+from edgecam.compiler import node_errors, tuning, verify
 from edgecam.compiler.artifact import (
     Artifact,
     CodedWeights,
@@ -91,7 +91,7 @@ def compile_model(
     coverage = _tuning_coverage(builder, mod)
     on_step("build")
     started = time.perf_counter()
-    executable = _build(builder, mod, target)
+    executable = _build(builder, mod, model, target)
     build_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="edgecam-build-") as tmp:
         library = _export(builder, executable, Path(tmp), target)
@@ -179,14 +179,15 @@ def _check_options(tolerance: float | None, samples: int) -> None:
         raise InvalidOptionError(f"samples must be >= 1 to verify anything, got {samples}")
 
 
-def _build(builder: Target, mod: Any, target: str) -> Any:
+def _build(builder: Target, mod: Any, model: OnnxModel, target: str) -> Any:
     try:
         return builder.build(mod)
     except CompilerError:
         raise
     except Exception as exc:  # TVM raises assorted error types from deep inside its passes
         log.debug("build failed", exc_info=True)
-        raise BuildError(f"TVM could not build the model for {target}: {exc}") from exc
+        log.info("the build failed (%s); locating the ONNX node it fails at", node_errors.cause_of(exc))
+        raise node_errors.explain_build_failure(model.proto, builder, target, exc) from exc
 
 
 def _export(builder: Target, executable: Any, directory: Path, target: str) -> str:

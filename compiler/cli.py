@@ -32,6 +32,11 @@ def compile_command(
     ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
     sign_key: Path = typer.Option(None, "--sign-key", help=_SIGN_HELP),
+    channels_last: bool = typer.Option(
+        True,
+        help="Compute convolutions channels-last on CPUs; --no-channels-last builds the imported layout "
+        "(the way out when a build error blames edgecam's channels-last rewrite).",
+    ),
 ) -> None:
     """Compile an ONNX model with TVM for a target and verify it against ONNX Runtime."""
     from rich.console import Console
@@ -46,6 +51,8 @@ def compile_command(
         options["mattr"] = mattr
     if arch:
         options["arch"] = arch
+    if not channels_last:
+        options["channels_last"] = False
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(STEPS))

@@ -23,6 +23,34 @@ class BuildError(CompilerError):
     """TVM imported the model but could not lower, compile or export it for the target."""
 
 
+class NodeBuildError(BuildError):
+    """A build (or import) failure traced to one ONNX node: which one, with what inputs, what it
+    imports as, and whether it builds without edgecam's rewrites (compiler/node_errors.py)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_name: str,
+        op_type: str,
+        opset: int,
+        input_shapes: dict[str, list[int] | None],
+        relax_ops: list[str],
+        culprit: str,
+        cause: str,
+    ) -> None:
+        super().__init__(message)
+        self.node_name = node_name
+        self.op_type = op_type
+        self.opset = opset
+        self.input_shapes = input_shapes  # None: a shape ONNX shape inference could not tell
+        self.relax_ops = relax_ops
+        # What fails: "channels_last" (the node builds without that rewrite), "edgecam" (plain TVM
+        # builds it), "tvm" (plain TVM fails too) or "unknown" (not narrowed down).
+        self.culprit = culprit
+        self.cause = cause  # the last line of TVM's own message
+
+
 class VerificationError(CompilerError):
     """The compiled model disagrees with ONNX Runtime beyond the tolerance; nothing was written."""
 

@@ -55,11 +55,7 @@ def load_onnx(path: Path) -> OnnxModel:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises several unrelated types for unreadable files
         raise ModelImportError(f"{path} is not a valid ONNX model: {exc}") from exc
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [_spec(v, path) for v in proto.graph.input if v.name not in initializers]
-    outputs = [_spec(v, path) for v in proto.graph.output]
-    if not inputs:
-        raise ModelImportError(f"{path} has no graph inputs (every input is an initializer); nothing to feed")
+    inputs, outputs = tensor_specs(proto, path)
     meta = {p.key: p.value for p in proto.metadata_props}
     try:
         preprocessing = (
@@ -76,10 +72,21 @@ def load_onnx(path: Path) -> OnnxModel:
     return OnnxModel(path, proto, name, inputs, outputs, preprocessing, postprocessing, labels)
 
 
+def tensor_specs(proto: Any, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The model's inputs (initializers left out) and outputs as tensor specs; ModelImportError for
+    what a compiled library cannot take or return (dynamic shapes, other element types, no inputs)."""
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [_spec(v, path) for v in proto.graph.input if v.name not in initializers]
+    outputs = [_spec(v, path) for v in proto.graph.output]
+    if not inputs:
+        raise ModelImportError(f"{path} has no graph inputs (every input is an initializer); nothing to feed")
+    return inputs, outputs
+
+
 def _spec(value: Any, path: Path) -> TensorSpec:
     tensor = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-    if any(d <= 0 for d in dims):
+    if any(d < 0 for d in dims):  # 0 is a static size: an empty tensor
         raise ModelImportError(
             f"{path}: tensor {value.name!r} has dynamic shape {dims}; edgecam compiles static shapes only "
             "(export with fixed sizes, e.g. batch 1)"
@@ -123,17 +130,17 @@ def to_relax(model: OnnxModel, params: Sequence[str] = ()) -> Any:
     Turning only those initializers into graph inputs (rather than `keep_params_in_input=True` and
     binding the rest back) leaves every other weight exactly as the constant path imports it.
     """
-    from tvm.relax.frontend.onnx import from_onnx
-
     proto = _initializers_as_inputs(model, params) if params else model.proto
     try:
         with warnings.catch_warnings():
             # Initializer names such as "onnx::Conv_54" are renamed as argument names; harmless here,
             # since the runtime passes the arguments by position.
             warnings.filterwarnings("ignore", message="Renaming name", category=UserWarning)
-            mod = from_onnx(proto, keep_params_in_input=False)
+            mod = import_proto(proto)
     except Exception as exc:  # TVM reports unsupported operators with assorted error types
-        raise ModelImportError(f"TVM could not import {model.path}: {exc}") from exc
+        from edgecam.compiler.node_errors import explain_import_failure
+
+        raise explain_import_failure(proto, model.path, exc) from exc
     if params:
         arguments = len(mod["main"].params)
         if arguments != len(model.inputs) + len(params):
@@ -143,6 +150,48 @@ def to_relax(model: OnnxModel, params: Sequence[str] = ()) -> Any:
             )
         mod["main"] = mod["main"].with_attr("num_input", len(model.inputs))
     return mod
+
+
+def import_proto(proto: Any) -> Any:
+    """TVM's import of an ONNX model proto, weights bound as constants, every output of `main` a
+    tensor: TVM returns what it computes as a shape (ONNX Shape, and ops folded into it) as a Relax
+    shape value, which neither the runtime nor a KServe response can carry."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    return _shapes_as_tensors(from_onnx(proto, keep_params_in_input=False))
+
+
+def _shapes_as_tensors(mod: Any) -> Any:
+    """`mod` with each shape value that `main` returns (alone or in its output tuple) an int64 tensor."""
+    from tvm import relax
+
+    main = mod["main"]
+    body = main.body
+    if not isinstance(body, relax.SeqExpr):
+        return mod
+    builder = relax.BlockBuilder()
+    bindings: list[Any] = []
+
+    def tensor(expr: Any) -> Any:
+        if not isinstance(expr.ty, relax.ShapeType):
+            return expr
+        value = builder.normalize(relax.op.shape_to_tensor(expr))
+        var = relax.Var(f"shape_out{len(bindings)}", value.ty)
+        bindings.append(relax.VarBinding(var, value))
+        return var
+
+    result = body.body
+    if isinstance(result, relax.Tuple):
+        fields = [tensor(field) for field in result.fields]
+        result = relax.Tuple(fields) if bindings else result
+    else:
+        result = tensor(result)
+    if not bindings:
+        return mod
+    seq = relax.SeqExpr([*body.blocks, relax.BindingBlock(bindings)], result)
+    out = mod.clone()
+    out["main"] = relax.Function(main.params, seq, builder.normalize(result).ty, main.is_pure, main.attrs)
+    return out
 
 
 def _initializers_as_inputs(model: OnnxModel, names: Sequence[str]) -> Any:

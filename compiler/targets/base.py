@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecam.compiler.artifact import TargetInfo
 from edgecam.compiler.errors import InvalidOptionError, UnknownTargetError
@@ -34,6 +34,12 @@ class LibraryRunner:
 
 class TargetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not a silent default
+
+    # The escape hatch when edgecam's channels-last rewrite breaks a model TVM builds as imported
+    # (a build error names the node and says so): targets without the rewrite ignore it.
+    channels_last: bool = Field(
+        default=True, description="compute convolutions channels-last where the target does (CPUs)"
+    )
 
 
 class Target(abc.ABC):
@@ -89,13 +95,13 @@ class Target(abc.ABC):
         """Rewrites of the imported module before `pipeline`: what `build` compiles and what tuning
         must extract its tasks from (the workloads then match). QDQ layers become integer ones where
         `integer_qdq` (compiler/lowering/qdq_to_integer.py); convolutions go channels-last where
-        `channels_last` (compiler/lowering/channels_last.py)."""
+        `channels_last` (compiler/lowering/channels_last.py) and the options do not turn it off."""
         from edgecam.compiler.lowering.qdq_to_integer import fold_qdq, has_qdq
 
         integer = self.integer_qdq and has_qdq(mod)
         if integer:
             mod = fold_qdq(mod)[0]
-        if self.channels_last and (self.integer_channels_last or not integer):
+        if self.channels_last and self.options.channels_last and (self.integer_channels_last or not integer):
             from edgecam.compiler.lowering.channels_last import to_channels_last
             from edgecam.compiler.lowering.packed_gemm import pack_gemms
             from edgecam.compiler.targets.cpu_tiles import vector_lanes

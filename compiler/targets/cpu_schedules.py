@@ -79,7 +79,9 @@ class CpuRule(_rule_base()):  # type: ignore[misc]
         return bool(target.kind.name == "llvm")
 
     def _blocks(self, func: Any, target: Any) -> tuple[Any, list[Any]] | None:
-        """(schedule, the kernel's normalized blocks), or None for a function this rule cannot take."""
+        """(schedule, the kernel's normalized blocks), or None for a function this rule cannot take:
+        also one with a buffer of symbolic shape (a size known only at run time, e.g. ONNX Expand to
+        a shape input), which the rules' tiling arithmetic needs as numbers; TVM's default takes it."""
         from tvm import s_tir, tirx
         from tvm.s_tir.dlight.analysis import normalize_prim_func
 
@@ -87,7 +89,13 @@ class CpuRule(_rule_base()):  # type: ignore[misc]
             return None
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
-        return None if infos is None else (sch, infos)
+        if infos is None:
+            return None
+        blocks = [sch.get(info.block_rv) for info in infos]
+        shapes = [
+            dim for block in blocks for region in (*block.reads, *block.writes) for dim in region.source.shape
+        ]
+        return (sch, infos) if all(isinstance(dim, tirx.IntImm) for dim in shapes) else None
 
 
 def one_reduction(infos: list[Any]) -> tuple[Any, list[Any]] | None:
