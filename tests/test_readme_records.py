@@ -34,6 +34,8 @@ _FIGURE = re.compile(
     )
 )
 _INLINE_CODE = re.compile(r"`[^`]*`")
+# A setting's default ("default 64 MiB", "default: 5 s") is configuration, not a measurement.
+_DEFAULT = re.compile(r"\bdefaults?:?\s+(?:is\s+)?" + _NUMBER + r"\S+")
 _LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d+\.)\s")
 
 
@@ -90,7 +92,7 @@ def paragraphs(markdown: str) -> list[str]:
 
 def measured_figures(paragraph: str) -> list[str]:
     """The figures in a paragraph's prose (inline code spans and link targets left out)."""
-    prose = _INLINE_CODE.sub("", re.sub(r"\]\([^)]*\)", "]", paragraph))
+    prose = _DEFAULT.sub("", _INLINE_CODE.sub("", re.sub(r"\]\([^)]*\)", "]", paragraph)))
     return [match.group(0) for match in _FIGURE.finditer(prose)]
 
 
@@ -126,7 +128,7 @@ def test_the_checks_tell_figures_from_settings_and_find_missing_records(tmp_path
             "",
             "- a list item with 91.9% agreement",
             "",
-            "A 3×3 conv, `--trials 1500` and `max_fps: 10 ms` are not figures.",
+            "A 3×3 conv, `--trials 1500` and `max_fps: 10 ms` are not figures, nor a limit (default 64 MiB).",
             "",
             "```yaml",
             "shadow: {fraction: 0.05}   # 5% of frames",
