@@ -147,7 +147,13 @@ class EdgecamServer:
         services = (
             (
                 "inference.GRPCInferenceService",
-                InferenceServicer(self.service, self._executor, self.budget, s.max_message_bytes),
+                InferenceServicer(
+                    self.service,
+                    self._executor,
+                    self.budget,
+                    s.max_message_bytes,
+                    s.request_memory_wait_seconds,
+                ),
                 oip,
             ),
             ("edgecam.v1.CameraService", CameraServicer(self.service), v1),

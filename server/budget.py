@@ -8,13 +8,18 @@ starts, whatever its size, so ModelInfer is served as a client-streaming call (t
 the wire): its handler reserves room for a message of max_message_bytes (receive buffer + bytes)
 *before* it reads one, then trims the reservation to what the request holds once its size is
 known: 2 × its wire size (bytes + message) and 2 × its decoded inputs (arrays + runtime copy).
-A call that does not fit in what is left is refused with RESOURCE_EXHAUSTED at once, unread, so
-the camera's inference thread keeps the CPU and the memory.
+The reservation is trimmed as soon as the message is read, so a small request holds the
+largest-size reservation only while gRPC hands its bytes over: concurrent small requests queue for
+microseconds, not behind one another's inference. A call that does not fit waits for room up to
+request_memory_wait_seconds (requests in flight finish and give theirs back), then is refused with
+RESOURCE_EXHAUSTED, unread, so the camera's inference thread keeps the CPU and the memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from types import TracebackType
 
 from edgecam.proto.inference import grpc_service_pb2 as oip
@@ -37,8 +42,13 @@ _TYPED_ITEMSIZE = {
 }
 
 
+# How often a call waiting for room looks again: room comes back from executor threads, which cannot
+# wake an asyncio waiter cheaply; a few milliseconds is well under a request's own time.
+_WAIT_STEP_S = 0.002
+
+
 class MemoryBudget:
-    """A byte semaphore that never waits: `reserve` fits now or raises ResourceExhausted."""
+    """A byte semaphore: `reserve` fits now or raises ResourceExhausted; `reserve_within` waits."""
 
     def __init__(self, capacity: int, metrics: EdgecamMetrics) -> None:
         self.capacity = capacity
@@ -55,6 +65,18 @@ class MemoryBudget:
         reservation = Reservation(self, what)
         reservation.grow(nbytes)
         return reservation
+
+    async def reserve_within(self, nbytes: int, what: str, wait_s: float) -> Reservation:
+        """`reserve`, waiting up to `wait_s` for requests in flight to give room back (never waits
+        for more than the whole budget: that can never fit)."""
+        deadline = time.monotonic() + wait_s
+        while nbytes <= self.capacity and time.monotonic() < deadline and not self._fits(nbytes):
+            await asyncio.sleep(_WAIT_STEP_S)
+        return self.reserve(nbytes, what)
+
+    def _fits(self, nbytes: int) -> bool:
+        with self._lock:
+            return nbytes <= self.capacity - self._used
 
     def _take(self, nbytes: int, what: str) -> None:
         with self._lock:

@@ -76,6 +76,9 @@ class ServerSettings(BaseSettings):
     # Memory that requests in flight may hold: message, decoded inputs and the runtime's copy
     # (server/budget.py). A request that does not fit in what is left gets RESOURCE_EXHAUSTED.
     request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
+    # A call that finds the budget full waits this long for requests in flight to finish, then is
+    # refused: concurrent clients queue briefly instead of failing.
+    request_memory_wait_seconds: float = Field(default=1.0, ge=0)
     # SIGTERM: how long to wait for the cameras' threads (all at once) before leaving stuck ones.
     camera_stop_seconds: float = Field(default=1.0, ge=0)
 

@@ -47,12 +47,18 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     """KServe v2 / Open Inference Protocol."""
 
     def __init__(
-        self, service: EdgeService, executor: Executor, budget: MemoryBudget, max_message_bytes: int
+        self,
+        service: EdgeService,
+        executor: Executor,
+        budget: MemoryBudget,
+        max_message_bytes: int,
+        memory_wait_s: float = 1.0,
     ) -> None:
         self._service = service
         self._executor = executor
         self._budget = budget
         self._receive_cost = receive_cost(max_message_bytes)
+        self._memory_wait_s = memory_wait_s
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -84,7 +90,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelInfer(self, requests: AsyncIterator[bytes], context: Context) -> oip.ModelInferResponse:
-        reservation = self._budget.reserve(self._receive_cost, "ModelInfer request")
+        reservation = await self._budget.reserve_within(
+            self._receive_cost, "ModelInfer request", self._memory_wait_s
+        )
         # Held until the call is over, not until this returns: gRPC still holds the request's bytes
         # and buffers until then, and releasing earlier let the next 64 MiB request in on top of
         # them (RSS peak 2× one request's).
@@ -93,11 +101,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         raw = await context.read()
         if not isinstance(raw, bytes):  # grpc.aio.EOF: the client half-closed without a message
             raise InvalidArgument("ModelInfer needs one request message; the client sent none")
+        reservation.resize(wire_cost(len(raw)))  # at once: the next call may read while this one runs
         return await self._run(self._infer, raw, reservation)
 
     def _infer(self, raw: bytes, reservation: Reservation) -> oip.ModelInferResponse:
-        """On the executor: trim the reservation to this request, parse, decode, run, encode."""
-        reservation.resize(wire_cost(len(raw)))
+        """On the executor: parse, reserve what decoding costs, decode, run, encode."""
         request = _parse(raw)
         reservation.grow(decoded_cost(request))
         decoded = converters.infer_request(request)
@@ -109,13 +117,16 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         # a full memory budget ends it (RESOURCE_EXHAUSTED): the next message was not read.
         while True:
             try:
-                reservation = self._budget.reserve(self._receive_cost, "ModelStreamInfer request")
+                reservation = await self._budget.reserve_within(
+                    self._receive_cost, "ModelStreamInfer request", self._memory_wait_s
+                )
             except ServerError as exc:
                 await context.abort(grpc_code(exc), error_message(exc))
             with reservation:
                 raw = await context.read()
                 if not isinstance(raw, bytes):  # grpc.aio.EOF: the client ended the stream
                     return
+                reservation.resize(wire_cost(len(raw)))
                 try:
                     response = await self._run(self._infer, raw, reservation)
                     answer = oip.ModelStreamInferResponse(infer_response=response)
