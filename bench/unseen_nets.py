@@ -136,7 +136,7 @@ def _resnet_stem(b: Net, width: int = 64) -> str:
 
 def resnext(seed: int = 0) -> Any:
     """ResNeXt 32×4d bottlenecks with ResNet-26's repeats (2, 2, 2, 2; ResNeXt-50 has 3, 4, 6, 3:
-    ~1.6 G instead of 4.2 G MACs): grouped 3×3 convs of 32 groups."""
+    2.5 G instead of 4.2 G MACs): grouped 3×3 convs of 32 groups."""
     b = Net(seed)
     x, c_in = _resnet_stem(b), 64
     for stage, (repeats, stride) in enumerate(((2, 1), (2, 2), (2, 2), (2, 2))):
@@ -153,7 +153,7 @@ def resnext(seed: int = 0) -> Any:
 
 
 def densenet(seed: int = 0) -> Any:
-    """DenseNet-BC, growth 32, blocks of (6, 12, 12, 8) layers (DenseNet-121: 6, 12, 24, 16; ~1.5 G
+    """DenseNet-BC, growth 32, blocks of (6, 12, 12, 8) layers (DenseNet-121: 6, 12, 24, 16; 2.4 G
     instead of 2.9 G MACs): pre-activation BN-ReLU-conv layers whose outputs concatenate."""
     b = Net(seed)
     x, c = _resnet_stem(b), 64
