@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 
-class _Builder:
+class Builder:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self.nodes: list[Any] = []
@@ -57,6 +57,15 @@ class _Builder:
                     numpy_helper.from_array(np.float32(6), "six"),
                 ]
             self.nodes.append(helper.make_node("Clip", [x, "zero", "six"], [out], name=out))
+        elif act == "silu":  # as PyTorch exports nn.SiLU at opset 17: x * sigmoid(x)
+            self.nodes += [
+                helper.make_node("Sigmoid", [x], [f"{out}_gate"], name=f"{out}_gate"),
+                helper.make_node("Mul", [x, f"{out}_gate"], [out], name=out),
+            ]
+        elif act in ("sigmoid", "hardswish", "hardsigmoid"):
+            op = {"sigmoid": "Sigmoid", "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid"}[act]
+            extra = {"alpha": 1.0 / 6} if act == "hardsigmoid" else {}  # PyTorch's Hardsigmoid: x/6 + 0.5
+            self.nodes.append(helper.make_node(op, [x], [out], name=out, **extra))
         else:
             self.nodes.append(helper.make_node("Relu", [x], [out], name=out))
         return out
@@ -115,7 +124,7 @@ MOBILENET_V2_BLOCKS = [
 
 def mobilenet_v2(seed: int = 0) -> Any:
     """MobileNetV2 1.0, 224×224, 3.5 M parameters, ~300 M MACs."""
-    b = _Builder(seed)
+    b = Builder(seed)
     x = b.conv("image", 3, 32, 3, stride=2, act="relu6")
     c_in = 32
     for t, c, n, s in MOBILENET_V2_BLOCKS:
@@ -136,7 +145,7 @@ def resnet18(seed: int = 0) -> Any:
     """ResNet-18, 224×224, 11.7 M parameters, ~1.8 G MACs."""
     from onnx import helper
 
-    b = _Builder(seed)
+    b = Builder(seed)
     x = b.conv("image", 3, 64, 7, stride=2, act="relu")
     b.nodes.append(
         helper.make_node(

@@ -62,12 +62,30 @@ class TargetInfo(BaseModel):
     device_code: str | None = None
 
 
+class Compared(BaseModel):
+    """One tensor verification compared with ONNX Runtime, its difference relative to its scale."""
+
+    tensor: str
+    kind: Literal["output", "intermediate"]
+    metric: str  # how `value` is computed, e.g. "max|edgecam - onnxruntime| / max|onnxruntime|"
+    value: float  # the worst over the samples
+    bound: float  # what `value` was allowed, in the same units
+    scale: float  # max|onnxruntime| over the samples
+    # How much the verification inputs move the tensor: max |x_s - x_0| / scale. Near 0: its value
+    # does not depend on them, and comparing it cannot tell a wrong build from a right one.
+    input_sensitivity: float
+
+
 class Verification(BaseModel):
     reference: str = "onnxruntime"
     samples: int
     max_abs_diff: float
-    tolerance: float
+    tolerance: float  # the loosest absolute bound any output was allowed
     runner: str = "native"  # how the library ran: "native", or an emulator ("qemu-aarch64 -cpu cortex-a53")
+    # False: the outputs did not depend on the verification inputs, so intermediates were compared too;
+    # None: one sample, which cannot tell (or a manifest of an older edgecam).
+    outputs_depend_on_inputs: bool | None = None
+    compared: list[Compared] = Field(default_factory=list)  # empty in manifests of older edgecam
 
 
 class SourceModel(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -99,7 +100,9 @@ def compile_model(
         verification = None
         runner = builder.library_runner()
         if runner is not None:
-            verification = _verify(model, Path(tmp) / library, tolerance, samples, coded, runner)
+            verification = _verify(
+                model, Path(tmp) / library, tolerance, samples, coded, runner, builder, target
+            )
         else:
             log.warning(
                 "this host cannot run %s code: the artifact is not verified against ONNX Runtime", target
@@ -206,24 +209,25 @@ def _verify(
     samples: int,
     coded: _CodedParams | None,
     runner: LibraryRunner,
+    builder: Target,
+    target: str,
 ) -> Verification:
     feeds = verify.sample_inputs(model, samples)
+    names = [spec.name for spec in model.inputs]
     params, transform = (coded.arrays, coded.transform) if coded else ([], None)
-    got = runner.run(library, feeds, [spec.name for spec in model.inputs], params, transform)
-    expected = verify.run_onnxruntime(model.path, feeds)
-    differences = verify.output_differences(got, expected)
-    bounds = (
-        verify.model_tolerance(model.proto, expected)
-        if tolerance is None
-        else verify.user_tolerance(tolerance, len(model.outputs))
-    )
-    verify.check_outputs(differences, bounds, [spec.name for spec in model.outputs])
-    return Verification(
-        samples=samples,
-        max_abs_diff=max(differences, default=0.0),
-        tolerance=bounds.loosest,
-        runner=runner.where,
-    )
+
+    def run_variant(proto: Any) -> list[list[np.ndarray]]:
+        """The model with more outputs (verify: intermediates) through this same build, run on `feeds`."""
+        mod = to_relax(dataclasses.replace(model, proto=proto), coded.names if coded else ())
+        lifted = None
+        if coded is not None:
+            mod, lifted = _lift_weight_transforms(mod)
+        with tempfile.TemporaryDirectory(prefix="edgecam-verify-") as tmp:
+            variant = _export(builder, _build(builder, mod, target), Path(tmp), target)
+            return runner.run(Path(tmp) / variant, feeds, names, params, lifted)
+
+    got = runner.run(library, feeds, names, params, transform)
+    return verify.verify_outputs(model, feeds, got, tolerance, run_variant, runner.where)
 
 
 def _coded_params(model: OnnxModel, coding: WeightCoding) -> _CodedParams | None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from edgecam.compiler.artifact import Verification
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -27,8 +30,9 @@ def compile_command(
     arch: str = typer.Option(None, help="GPU compute capability for --target cuda, e.g. sm_87 (Jetson Orin)"),
     tolerance: float = typer.Option(
         None,
-        help="Largest |TVM - ONNX Runtime| output difference accepted; default: 1e-4 for a float model, "
-        "12 quantization steps of each output for an int8 (QDQ) one.",
+        help="Largest |TVM - ONNX Runtime| output difference accepted (absolute); default: 1e-4 for a float "
+        "model, of each output's largest |value|; 12 quantization steps of each output for an int8 (QDQ) "
+        "one.",
     ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
     sign_key: Path = typer.Option(None, "--sign-key", help=_SIGN_HELP),
@@ -85,8 +89,7 @@ def compile_command(
     m = artifact.manifest
     size = sum((artifact.path / name).stat().st_size for name in m.files)
     check = (
-        f"max |TVM - ONNX Runtime| = {m.verification.max_abs_diff:.2e} over {m.verification.samples} inputs"
-        + ("" if m.verification.runner == "native" else f" ({m.verification.runner})")
+        _verification_line(m.verification)
         if m.verification
         else "not verified (this host cannot run the target)"
     )
@@ -402,3 +405,17 @@ def _progress(console: Any) -> Iterator[Callable[[str, int, int], None]]:
             progress.update(task, description=message, completed=done, total=total)
 
         yield on_progress
+
+
+def _verification_line(verification: Verification) -> str:
+    """What verification compared, in one line: the worst relative difference, and the intermediate
+    tensors compared when the outputs did not depend on the inputs."""
+    worst = max((c.value for c in verification.compared), default=None)
+    relative = f" ({worst:.1e} of the output's scale)" if worst is not None else ""
+    inner = [c.tensor for c in verification.compared if c.kind == "intermediate"]
+    more = f"; outputs constant over the inputs, so also {len(inner)} intermediate tensor(s)" if inner else ""
+    where = "" if verification.runner == "native" else f" ({verification.runner})"
+    return (
+        f"max |TVM - ONNX Runtime| = {verification.max_abs_diff:.2e}{relative} over "
+        f"{verification.samples} inputs{where}{more}"
+    )

@@ -12,7 +12,9 @@ and puts a layout_transform where a value leaves or enters the converted region 
 and output, ops it cannot move). ONNX Clip imports as `call_tir` of a TE maximum/minimum
 (tvm/relax/frontend/onnx, Clip), which ConvertLayout cannot see into: a transpose pair around every
 ReLU6. `_clip_as_ops` first turns those calls with a constant bound back into `relax.maximum` /
-`relax.minimum`, which it can move.
+`relax.minimum`, which it can move; and `relax.clip` too (HardSwish and HardSigmoid import as it),
+which ConvertLayout has no layout rule for: MobileNetV3's hard-swish convs each sat between two
+transposes, its costliest kernels (MobileNetV3-Large 11.3 → 4.8 ms, bench/README.md, bench_unseen).
 
 ConvertLayout asks every op's own layout rule (FRelaxInferLayout), and on graphs from other exporters
 some rules break the build: ops with a tuple result (Dropout's (output, mask)) fail "Expected nested
@@ -184,8 +186,9 @@ def _substitute(expr: Any, mapping: dict[Any, Any]) -> Any:
 
 
 def _clip_as_ops(mod: Any) -> Any:
-    """`call_tir(maximum|minimum, (x, scalar constant))` → `relax.maximum|minimum(x, constant)`."""
-    from tvm import ir, relax
+    """`call_tir(maximum|minimum, (x, scalar constant))` → `relax.maximum|minimum(x, constant)`, and
+    `relax.clip(x, low, high)` → `relax.minimum(relax.maximum(x, low), high)`."""
+    from tvm import ir, relax, tirx
     from tvm.ir.expr import GenericConst
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
@@ -205,8 +208,19 @@ def _clip_as_ops(mod: Any) -> Any:
             return call
         return ops[match.group(1)](x, bound)
 
+    clip = is_op("relax.clip")(wildcard(), varg_default_wildcard=True)
+
+    def clip_as_ops(call: Any, _matches: dict[Any, Any]) -> Any:
+        x, low, high = call.args
+        if not all(isinstance(bound, tirx.IntImm | tirx.FloatImm) for bound in (low, high)):
+            return call
+        dtype = x.ty.dtype
+        return relax.op.minimum(
+            relax.op.maximum(x, relax.const(float(low.value), dtype)), relax.const(float(high.value), dtype)
+        )
+
     out = mod.clone()
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
-            out.update_func(gv, rewrite_call(pattern, as_op, func))
+            out.update_func(gv, rewrite_call(clip, clip_as_ops, rewrite_call(pattern, as_op, func)))
     return out

@@ -39,7 +39,14 @@ class PackedGemm(CpuRule):
         # A conv's padded input stays a block of its own, filled in parallel first: inlined, its
         # padding would be a bounds check on every broadcast input value.
         pads = [i for i in infos if not i.is_reduction() and pads_input(sch.get(i.block_rv))]
-        found = one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
+        broadcast = _broadcast_epilogue(sch, infos)
+        if broadcast is None:
+            found = one_reduction(try_inline(sch, [i for i in infos if i not in pads]))
+        else:  # the gate's blocks inlined into the gate, the gate kept: the GEMM's epilogue
+            gate, _ = broadcast
+            found = one_reduction(
+                [*try_inline(sch, [i for i in infos if i not in (*pads, *broadcast)]), gate]
+            )
         if found is None or not found[1]:
             return None
         reduction, [epilogue] = found
@@ -47,10 +54,13 @@ class PackedGemm(CpuRule):
         spatial = [i for i in reduction.iters if i.kind == "S"]
         weights = _read_along(block, spatial[-1].var)
         dot = _dot(block)
-        lanes = dot[1] if dot else vector_lanes(target)
-        if weights is None or int(weights.shape[-2 if dot else -1]) % lanes:
+        if weights is None:
             return None
         channels = int(weights.shape[-2 if dot else -1])
+        # A grouped conv's tile may be half a vector register wide (packed_gemm._grouped_tile).
+        lanes = dot[1] if dot else min(vector_lanes(target), channels)
+        if channels % lanes:
+            return None
         for pad in pads:
             sch.parallel(sch.get_loops(pad.block_rv)[0])
         _positions_as_one_axis(sch, epilogue.block_rv)
@@ -70,7 +80,9 @@ class PackedGemm(CpuRule):
         outer = sch.fuse(*leading) if len(leading) > 1 else leading[0]
         sch.parallel(outer)
         sch.reverse_compute_at(epilogue.block_rv, outer)
-        in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], vector_lanes(target))
+        in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], min(vector_lanes(target), channels))
+        if broadcast is not None:
+            _parallel_map(sch, broadcast[1].block_rv, vector_lanes(target))
         if dot is None:
             in_vectors(sch, output_tile, lanes)
             sch.decompose_reduction(reduction.block_rv, reduce[0])
@@ -91,13 +103,18 @@ def _dot(block: Any) -> tuple[str, int] | None:
 
 
 def _read_along(block: Any, output: Any) -> Any:
-    """The buffer `block` reads along its output channels (the packed weights), or None."""
+    """The buffer `block` reads along its output channels (the packed weights), or None. A grouped
+    conv's input depends on the output channel too (its group), but only the packed weights have it
+    in their first axis (the block of NR) as well as their last."""
     from tvm.tirx.analysis import undefined_vars
 
-    for read in block.reads:
-        if any(v.same_as(output) for r in read.region for v in undefined_vars(r.min)):
-            return read.source
-    return None
+    def uses(region: Any) -> bool:
+        return any(v.same_as(output) for v in undefined_vars(region.min))
+
+    along = [read for read in block.reads if any(uses(r) for r in read.region)]
+    blocked = [read for read in along if uses(read.region[0]) and uses(read.region[-1])]
+    chosen = blocked or along
+    return chosen[0].source if chosen else None
 
 
 def _elements(buffer: Any) -> int:
@@ -120,3 +137,32 @@ def _positions_as_one_axis(sch: Any, block: Any) -> None:
         return [position, iters[-1]]
 
     sch.transform_block_layout(block, IndexMap.from_func(flat, ndim=len(doms)))
+
+
+def _broadcast_epilogue(sch: Any, infos: list[Any]) -> tuple[Any, Any] | None:
+    """(gate, product) when the GEMM's result, after elementwise blocks (the gate), multiplies a larger
+    tensor (the product): a squeeze-excitation's expand conv → sigmoid → channel multiply, fused into
+    one kernel. Else None.
+
+    Inlined into the product as any epilogue would be, the gate's sigmoid ran once per element of the
+    feature map instead of once per channel, all of it on one thread (the GEMM's parallel loop has
+    one tile for a 1×1 map). Kept apart, the gate is the GEMM's epilogue and the product a map of its
+    own, in parallel. These kernels are small in EfficientNet-B0: it did not run measurably faster
+    (bench/README.md, bench_unseen)."""
+    gemm = next(i for i in infos if str(sch.get(i.block_rv).name_hint) == COMPUTE)
+    size = _elements(sch.get(gemm.block_rv).writes[0].source)
+    after = infos[infos.index(gemm) + 1 :]
+    larger = [i for i in after if _elements(sch.get(i.block_rv).writes[0].source) > size]
+    if len(larger) != 1 or larger[0] is not after[-1] or len(after) < 2 or not larger[0].is_injective():
+        return None
+    return after[-2], larger[0]
+
+
+def _parallel_map(sch: Any, block: Any, lanes: int) -> None:
+    """An elementwise block's outer loops in parallel, its innermost in vectors where it holds whole ones."""
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    extent = sch.get(loops[-1]).extent
+    if int(extent) % lanes == 0:
+        sch.vectorize(sch.split(loops[-1], [None, lanes])[1])

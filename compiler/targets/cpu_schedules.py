@@ -31,6 +31,8 @@ from edgecam.compiler.targets.cpu_positions import fuse_output_positions
 from edgecam.compiler.targets.cpu_tiles import MIN_ROW, GemmShape, vector_lanes
 
 MAX_UNROLLED_TAPS = 49  # a 7×7 window; a dense layer's long reduction stays a loop
+MIN_PARALLEL_ELEMENTS = 1 << 14  # ParallelInjective: smaller kernels take microseconds on one thread
+PARALLEL_CHUNK = 1024  # ParallelInjective: elements per parallel iteration of a one-axis kernel
 
 
 def default_pipeline(target: Any) -> Any:
@@ -63,7 +65,7 @@ def schedule_rules() -> list[Any]:
     measures first for each task, compiler/tuning_defaults.py)."""
     from edgecam.compiler.targets.cpu_gemm import PackedGemm
 
-    return [PackedGemm(), RegisterTiles(), ParallelRows()]
+    return [PackedGemm(), RegisterTiles(), ParallelRows(), ParallelInjective()]
 
 
 def _rule_base() -> type:
@@ -142,6 +144,40 @@ class ParallelRows(CpuRule):
         if epilogue:
             sch.reverse_compute_at(epilogue[0].block_rv, outer)
         sch.decompose_reduction(block, reduce[0])
+        return sch
+
+
+class ParallelInjective(CpuRule):
+    """Kernels with no reduction (a squeeze-excitation's channel multiply, a concatenation, a channel
+    shuffle's transpose, a BatchNorm no conv absorbed, an activation no conv took): outer loops in
+    parallel on TVM's thread pool.
+
+    Unscheduled, TVM runs them as one thread's loop nest. Measured (bench/README.md, bench_unseen),
+    old and new library in turns: DenseNet-BC (a BN-ReLU and a concatenation around every conv)
+    54.2 → 52.8 ms; no change beyond noise on the other networks. Kernels of fewer than
+    MIN_PARALLEL_ELEMENTS outputs stay on one thread: waking the pool costs more than they do."""
+
+    def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+        from tvm.s_tir.dlight.base import try_inline
+
+        blocks = self._blocks(func, target)
+        if blocks is None:
+            return None
+        sch, infos = blocks
+        infos = try_inline(sch, infos)
+        if len(infos) != 1 or not infos[0].is_injective():
+            return None
+        extents = [i.dom for i in infos[0].iters]
+        if not extents or not all(isinstance(e, int) for e in extents):
+            return None
+        if math.prod(extents) < MIN_PARALLEL_ELEMENTS:
+            return None
+        loops = sch.get_loops(infos[0].block_rv)
+        if len(loops) == 1:  # one axis: its chunks in parallel
+            loops = list(sch.split(loops[0], [None, PARALLEL_CHUNK]))
+        # The innermost loop is left to LLVM, which vectorizes it where its reads are contiguous (a
+        # transpose's are not: forced vectors there become gathers).
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         return sch
 
 
