@@ -218,12 +218,13 @@ def _verify(
 
     def run_variant(proto: Any) -> list[list[np.ndarray]]:
         """The model with more outputs (verify: intermediates) through this same build, run on `feeds`."""
-        mod = to_relax(dataclasses.replace(model, proto=proto), coded.names if coded else ())
+        variant_model = dataclasses.replace(model, proto=proto)
+        mod = to_relax(variant_model, coded.names if coded else ())
         lifted = None
         if coded is not None:
             mod, lifted = _lift_weight_transforms(mod)
         with tempfile.TemporaryDirectory(prefix="edgecam-verify-") as tmp:
-            variant = _export(builder, _build(builder, mod, target), Path(tmp), target)
+            variant = _export(builder, _build(builder, mod, variant_model, target), Path(tmp), target)
             return runner.run(Path(tmp) / variant, feeds, names, params, lifted)
 
     got = runner.run(library, feeds, names, params, transform)
