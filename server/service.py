@@ -277,6 +277,10 @@ def _checked_shape(name: str, datatype: str, shape: Sequence[int]) -> tuple[np.d
         raise InvalidArgument(f"input {name!r} has {len(dims)} dimensions; at most {MAX_RANK} are accepted")
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(dims)}")
+    # numpy multiplies the dimensions of a reshape in its index type before it notices a zero among
+    # them: [2**63-1, 2**32, 0] holds no element and still cannot be made.
+    if math.prod(d for d in dims if d) > np.iinfo(np.intp).max:
+        raise InvalidArgument(f"input {name!r}: shape {list(dims)} needs more elements than an array holds")
     return dtype, dims, math.prod(dims)
 
 

@@ -78,7 +78,7 @@ class ServerSettings(BaseSettings):
     request_memory_budget_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
     # A call that finds the budget full waits this long for requests in flight to finish, then is
     # refused: concurrent clients queue briefly instead of failing.
-    request_memory_wait_seconds: float = Field(default=1.0, ge=0)
+    request_memory_wait_seconds: float = Field(default=0.1, ge=0)
     # SIGTERM: how long to wait for the cameras' threads (all at once) before leaving stuck ones.
     camera_stop_seconds: float = Field(default=1.0, ge=0)
 

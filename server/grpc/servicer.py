@@ -52,7 +52,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         executor: Executor,
         budget: MemoryBudget,
         max_message_bytes: int,
-        memory_wait_s: float = 1.0,
+        memory_wait_s: float = 0.1,
     ) -> None:
         self._service = service
         self._executor = executor
@@ -101,13 +101,16 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         raw = await context.read()
         if not isinstance(raw, bytes):  # grpc.aio.EOF: the client half-closed without a message
             raise InvalidArgument("ModelInfer needs one request message; the client sent none")
-        reservation.resize(wire_cost(len(raw)))  # at once: the next call may read while this one runs
+        # At once, to what a request of this size may cost in all (bytes, message, decoded inputs): a
+        # small request frees the largest-size room for the next call's read, a large one keeps it.
+        reservation.resize(receive_cost(len(raw)))
         return await self._run(self._infer, raw, reservation)
 
     def _infer(self, raw: bytes, reservation: Reservation) -> oip.ModelInferResponse:
-        """On the executor: parse, reserve what decoding costs, decode, run, encode."""
+        """On the executor: parse, hold exactly what this request costs, decode, run, encode."""
         request = _parse(raw)
-        reservation.grow(decoded_cost(request))
+        # Typed contents can decode to more than their wire size (varints into 4-8 byte values).
+        reservation.resize(wire_cost(len(raw)) + decoded_cost(request))
         decoded = converters.infer_request(request)
         del request  # the parsed message (as large as the request): the decoded arrays are copies
         return converters.infer_response(self._service.infer(decoded))
@@ -126,7 +129,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 raw = await context.read()
                 if not isinstance(raw, bytes):  # grpc.aio.EOF: the client ended the stream
                     return
-                reservation.resize(wire_cost(len(raw)))
+                reservation.resize(receive_cost(len(raw)))
                 try:
                     response = await self._run(self._infer, raw, reservation)
                     answer = oip.ModelStreamInferResponse(infer_response=response)

@@ -103,6 +103,12 @@ CASES = {
     # name: (request, code, words the message must hold)
     "count overflows int64 (raw)": (_raw((2**40, 2**40, 1, 1), b""), "INVALID_ARGUMENT", ["needs"]),
     "count overflows int64 x itemsize": (_raw((2**62, 4), b""), "INVALID_ARGUMENT", ["needs"]),
+    # No element at all (a zero dimension), but numpy multiplies the others first (found by the bench).
+    "zero dim after dims overflowing int64": (
+        _typed("BOOL", "bool_contents", [], (2**63 - 1, 2**32, 2**31, 25, 0)),
+        "INVALID_ARGUMENT",
+        ["needs"],
+    ),
     "count overflows int64 (typed)": (
         _typed("FP32", "fp32_contents", [1.0], (2**40, 2**40)),
         "INVALID_ARGUMENT",
