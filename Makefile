@@ -30,7 +30,7 @@ test: .venv/.installed-dev .apt-installed
 # export and int8, the torch side of bench_cuda, each extra installed alone. Not the two tuning runs
 # (Ctrl-C resume, RPC tracker): on a loaded 2-core machine the Ctrl-C one failed 1 run in 3 (exit 130
 # without its message), so they run with `make test-slow`, not in CI, until that is understood.
-test-slow-other: .venv/.installed-dev .apt-installed
+test-slow-other: .venv/.installed-dev .apt-installed .apt-installed-arm
 	$(PY) -m pytest -m slow --ignore=tests/compiler/test_arm_qemu.py --ignore=tests/deploy/test_ansible_fleet.py \
 	  --deselect tests/compiler/test_tuning.py::test_tune_survives_ctrl_c_a_rerun_continues_and_compile_uses_the_database \
 	  --deselect tests/compiler/test_tuning.py::test_tuning_through_an_rpc_tracker_on_loopback
