@@ -8,14 +8,16 @@ sample right and the online-accuracy metric has an exact expected value.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from edgecam.server.app import EdgecamServer
 from edgecam.server.metrics import EdgecamMetrics
+from edgecam.server.settings import ServerSettings
 
 NUM_CLASSES = 10
 LABELS = [f"class{k}" for k in range(NUM_CLASSES)]
@@ -114,3 +116,20 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def metrics(registry: CollectorRegistry) -> EdgecamMetrics:
     return EdgecamMetrics(registry)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., EdgecamServer]]:
+    """Starts EdgecamServers on free ports (settings as keyword arguments); all stop after the test."""
+    servers: list[EdgecamServer] = []
+
+    def make(**settings: object) -> EdgecamServer:
+        values: dict[str, object] = {"grpc_port": 0, "metrics_port": 0, **settings}
+        server = EdgecamServer(ServerSettings(**values))  # type: ignore[arg-type]
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -58,18 +58,8 @@ def add_corrupt_artifact(repo: Path, version: str, onnx_builder: Callable[..., P
 
 
 @pytest.fixture
-def start(repo: Path) -> Iterator[Callable[..., EdgecamServer]]:
-    servers: list[EdgecamServer] = []
-
-    def make(**settings: object) -> EdgecamServer:
-        server = EdgecamServer(ServerSettings(grpc_port=0, metrics_port=0, model_repository=repo, **settings))  # type: ignore[arg-type]
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(repo: Path, serve: Callable[..., EdgecamServer]) -> Callable[..., EdgecamServer]:
+    return lambda **settings: serve(model_repository=repo, **settings)
 
 
 def _stub(server: EdgecamServer) -> tuple[grpc.Channel, oip_grpc.GRPCInferenceServiceStub]:

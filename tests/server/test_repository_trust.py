@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -26,18 +26,8 @@ def repo(tmp_path: Path, onnx_builder: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture
-def start(repo: Path) -> Iterator[Callable[..., EdgecamServer]]:
-    servers: list[EdgecamServer] = []
-
-    def make(**settings: object) -> EdgecamServer:
-        server = EdgecamServer(ServerSettings(grpc_port=0, metrics_port=0, model_repository=repo, **settings))  # type: ignore[arg-type]
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(repo: Path, serve: Callable[..., EdgecamServer]) -> Callable[..., EdgecamServer]:
+    return lambda **settings: serve(model_repository=repo, **settings)
 
 
 def _call_load(server: EdgecamServer, name: str, version: str = "", token: str = "") -> grpc.RpcError | None:

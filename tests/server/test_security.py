@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -79,21 +79,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start(onnx_builder: Callable[..., Path], tmp_path: Path) -> Iterator[Callable[..., EdgecamServer]]:
-    servers: list[EdgecamServer] = []
+def start(
+    onnx_builder: Callable[..., Path], tmp_path: Path, serve: Callable[..., EdgecamServer]
+) -> Callable[..., EdgecamServer]:
     model = onnx_builder(tmp_path / "tiny.onnx")
-
-    def make(**settings: object) -> EdgecamServer:
-        server = EdgecamServer(
-            ServerSettings(grpc_port=0, metrics_port=0, models=[ModelConfig(path=model)], **settings)  # type: ignore[arg-type]
-        )
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+    return lambda **settings: serve(models=[ModelConfig(path=model)], **settings)
 
 
 def test_token_is_required_except_for_health(start: Callable[..., EdgecamServer]) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -21,24 +21,16 @@ from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.proto.v1 import cameras_pb2_grpc as v1_grpc
 from edgecam.server.app import EdgecamServer
 from edgecam.server.launcher import launch
-from edgecam.server.settings import CameraConfig, ModelConfig, ServerSettings
+from edgecam.server.settings import CameraConfig, ModelConfig
 
 
 @pytest.fixture
-def start(onnx_builder: Callable[..., Path], tmp_path: Path) -> Iterator[Callable[..., EdgecamServer]]:
-    servers: list[EdgecamServer] = []
-
-    def make(**settings: object) -> EdgecamServer:
-        model = ModelConfig(path=onnx_builder(tmp_path / "tiny.onnx"))
-        values: dict[str, object] = {"grpc_port": 0, "metrics_port": 0, "models": [model], **settings}
-        server = EdgecamServer(ServerSettings(**values))  # type: ignore[arg-type]
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(
+    onnx_builder: Callable[..., Path], tmp_path: Path, serve: Callable[..., EdgecamServer]
+) -> Callable[..., EdgecamServer]:
+    return lambda **settings: serve(
+        models=[ModelConfig(path=onnx_builder(tmp_path / "tiny.onnx"))], **settings
+    )
 
 
 def test_200_open_streams_do_not_starve_unary_calls_or_health(

@@ -9,7 +9,7 @@ import json
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -95,21 +95,6 @@ def test_signature_checks_name_what_is_wrong(tmp_path: Path, tiny_onnx: Path, ke
         verify_manifest(stranger / MANIFEST_NAME, trusted)
     with pytest.raises(SignatureError, match="hold no public key"):
         load_public_keys([tmp_path / "a"])  # a directory without *.pem / *.pub
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., EdgecamServer]]:
-    servers: list[EdgecamServer] = []
-
-    def make(**settings: object) -> EdgecamServer:
-        server = EdgecamServer(ServerSettings(grpc_port=0, metrics_port=0, **settings))  # type: ignore[arg-type]
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 def test_a_server_with_keys_loads_only_artifacts_signed_by_them(
