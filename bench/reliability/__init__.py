@@ -17,7 +17,9 @@ def target(name: str, value: float | None, op: str, bound: float, unit: str) -> 
     """One line of a record's `targets`: `value op bound` is what the issue asks for; None: never happened."""
     if op not in OPS:
         raise ValueError(f"target {name!r}: op {op!r}; use one of {OPS}")
-    return {"name": name, "value": value, "op": op, "bound": bound, "unit": unit}
+    # float(): figures measured with numpy (np.int64 is no JSON number).
+    measured = None if value is None else float(value)
+    return {"name": name, "value": measured, "op": op, "bound": bound, "unit": unit}
 
 
 def met(entry: dict[str, Any]) -> bool:

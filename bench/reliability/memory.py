@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import target
+
 DONE_WHEN = "16 concurrent 64 MiB requests"
 BUDGET = 512 * 1024 * 1024  # the default request_memory_budget_bytes
 
@@ -61,36 +63,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     found["exit_code"] = found_exit
     found["camera_fps_configured"] = fps
     found["targets"] = [
-        _target(
+        target(
             f"{DONE_WHEN}: server RSS peak over its RSS before",
             found["rss_peak_growth_bytes"] / 2**20,
             "<",
             BUDGET / 2**20,
             "MiB",
         ),
-        _target(
+        target(
             f"{DONE_WHEN}: requests over the budget refused",
             statuses.get("RESOURCE_EXHAUSTED", 0),
             ">",
             0,
             "requests",
         ),
-        _target(
+        target(
             f"{DONE_WHEN}: requests ending otherwise than OK or RESOURCE_EXHAUSTED",
             sum(n for code, n in statuses.items() if code not in ("OK", "RESOURCE_EXHAUSTED")),
             "==",
             0,
             "requests",
         ),
-        _target(
+        target(
             f"{DONE_WHEN}: camera rate during the flood", found["camera_fps_during"] / fps, ">=", 0.9, "ratio"
         ),
     ]
     return found
-
-
-def _target(name: str, value: float, op: str, bound: float, unit: str) -> dict[str, Any]:
-    return {"name": name, "value": float(value), "op": op, "bound": float(bound), "unit": unit}
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ import argparse
 import json
 from typing import Any
 
+from . import target
+
 DONE_WHEN = "200 open prediction streams on a 10 fps camera, half never reading"
 
 
@@ -53,29 +55,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     found["exit_code"] = found_exit
     found["camera_fps_configured"] = fps
     found["targets"] = [
-        _target(
+        target(
             f"{DONE_WHEN}: ModelInfer p99 over its idle p99",
             found["infer_p99_streams_ms"] / found["infer_p99_idle_ms"],
             "<=",
             2.0,
             "ratio",
         ),
-        _target(f"{DONE_WHEN}: slowest health Check", found["health_max_ms"], "<", 100.0, "ms"),
-        _target(
+        target(f"{DONE_WHEN}: slowest health Check", found["health_max_ms"], "<", 100.0, "ms"),
+        target(
             f"{DONE_WHEN}: worst reading subscriber's share of the frames",
             found["worst_reader_share"],
             ">=",
             0.9,
             "ratio",
         ),
-        _target(
+        target(
             f"{DONE_WHEN}: server RSS growth",
             (found["rss_after_bytes"] - rss_before) / 2**20,
             "<",
             64.0,
             "MiB",
         ),
-        _target(
+        target(
             f"{DONE_WHEN}: predictions dropped for silent streams, counted",
             found["stream_predictions_dropped"],
             ">",
@@ -84,10 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
     ]
     return found
-
-
-def _target(name: str, value: float, op: str, bound: float, unit: str) -> dict[str, Any]:
-    return {"name": name, "value": float(value), "op": op, "bound": bound, "unit": unit}
 
 
 def main() -> None:
