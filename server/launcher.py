@@ -40,7 +40,9 @@ class RunningServer:
 
 def launch(serve_args: list[str], timeout: float = 60.0, env: dict[str, str] | None = None) -> RunningServer:
     """Run `python -m edgecam.server ARGS --grpc-port 0 --metrics-port 0` and wait for its ready line."""
-    command = [sys.executable, "-m", "edgecam.server", *serve_args, "--grpc-port", "0", "--metrics-port", "0"]
+    # -P: not the working directory first on sys.path (an `edgecam/` source folder would shadow the package).
+    command = [sys.executable, "-P", "-m", "edgecam.server", *serve_args]
+    command += ["--grpc-port", "0", "--metrics-port", "0"]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

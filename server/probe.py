@@ -41,7 +41,9 @@ def fingerprint(path: Path) -> str:
 
 def probe(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
     """Load and run `path` in a child; return the fingerprint it ran, or raise ProbeError."""
-    command = [sys.executable, "-m", "edgecam.server.probe", str(path)]
+    # -P: `-m` would put the working directory first on sys.path, and an `edgecam/` folder there (a
+    # source checkout) would shadow the installed package in the child.
+    command = [sys.executable, "-P", "-m", "edgecam.server.probe", str(path)]
     try:
         result = subprocess.run(
             command,
