@@ -133,3 +133,12 @@ def serve() -> Iterator[Callable[..., EdgecamServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, onnx_builder: Callable[..., Path]) -> Path:
+    """A model repository holding tiny/1/model.onnx (one output, logits); tests add versions."""
+    root = tmp_path / "repo"
+    (root / "tiny" / "1").mkdir(parents=True)
+    onnx_builder(root / "tiny" / "1" / "model.onnx")
+    return root

@@ -21,15 +21,6 @@ from edgecam.server.app import EdgecamServer
 from edgecam.server.settings import CameraConfig, ServerSettings
 
 
-@pytest.fixture
-def repo(tmp_path: Path, onnx_builder: Callable[..., Path]) -> Path:
-    """tiny/1: one output (logits). Versions added by tests: 2 has a second output (probs)."""
-    root = tmp_path / "repo"
-    (root / "tiny" / "1").mkdir(parents=True)
-    onnx_builder(root / "tiny" / "1" / "model.onnx")
-    return root
-
-
 def add_version(repo: Path, version: str, onnx_builder: Callable[..., Path]) -> None:
     staging = repo.parent / f"staging-{version}"
     staging.mkdir()

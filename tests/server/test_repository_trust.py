@@ -18,14 +18,6 @@ TOKEN = "repository-token"
 
 
 @pytest.fixture
-def repo(tmp_path: Path, onnx_builder: Callable[..., Path]) -> Path:
-    root = tmp_path / "repo"
-    (root / "tiny" / "1").mkdir(parents=True)
-    onnx_builder(root / "tiny" / "1" / "model.onnx")
-    return root
-
-
-@pytest.fixture
 def start(repo: Path, serve: Callable[..., EdgecamServer]) -> Callable[..., EdgecamServer]:
     return lambda **settings: serve(model_repository=repo, **settings)
 
