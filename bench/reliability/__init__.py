@@ -8,6 +8,9 @@ request strategies (oip_requests.py) are shared with tests/server/test_reliabili
 
 from __future__ import annotations
 
+import argparse
+import json
+from types import ModuleType
 from typing import Any
 
 OPS = ("<", "<=", "==", ">=", ">")
@@ -33,3 +36,11 @@ def met(entry: dict[str, Any]) -> bool:
         ">=": value >= bound,
         ">": value > bound,
     }[entry["op"]]
+
+
+def run_alone(module: ModuleType) -> None:
+    """`python -m bench.reliability.NAME`: one examination, its flags parsed and its figures printed."""
+    parser = argparse.ArgumentParser(description=(module.__doc__ or module.__name__).splitlines()[0])
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    print(json.dumps(module.run(parser.parse_args()), indent=1))

@@ -13,12 +13,11 @@ flood. `run(args)` returns the figures and their `targets` for bench/bench_relia
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import target
+from . import run_alone, target
 
 DONE_WHEN = "16 concurrent 64 MiB requests"
 BUDGET = 512 * 1024 * 1024  # the default request_memory_budget_bytes
@@ -91,11 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    import sys
+
+    run_alone(sys.modules[__name__])

@@ -14,10 +14,9 @@ bench/bench_reliability.py.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from . import target
+from . import run_alone, target
 
 DONE_WHEN = "200 open prediction streams on a 10 fps camera, half never reading"
 
@@ -88,11 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    import sys
+
+    run_alone(sys.modules[__name__])
