@@ -180,6 +180,23 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> dict[str, A
     return {"macs": macs, "results": results, "ratios": ratios, "builds": builds}
 
 
+# What issue 5 asks of each model, from the ratios above: ratio name -> (op, bound, what it is).
+TARGETS = {
+    "edgecam_fp32_over_ort_fp32": ("<=", 1.0, "edgecam fp32 time over ONNX Runtime fp32"),
+    "edgecam_fp32_over_edgecam_int8": (">=", 1.5, "edgecam int8 speed-up over edgecam fp32"),
+}
+
+
+def issue_targets(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's `targets`: one line per model and ratio the issue bounds."""
+    return [
+        {"name": f"{name}: {what}", "value": value, "op": op, "bound": bound, "unit": "ratio"}
+        for name, entry in models.items()
+        for ratio, (op, bound, what) in TARGETS.items()
+        if (value := entry["ratios"].get(ratio)) is not None
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["fashion_cnn", "mobilenet_v2", "resnet18"])
@@ -210,6 +227,7 @@ def main() -> None:
         "mcpu": args.mcpu,
         "int8_pass": int8_config(args.reduce_range),
         "models": models,
+        "targets": issue_targets(models),
     }
     print(f"\ntheoretical fp32 peak of {args.threads} cores: {peak:.0f} GFLOP/s")
     for name, entry in models.items():
