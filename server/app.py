@@ -73,7 +73,7 @@ class EdgecamServer:
             )
         if s.model_repository is not None and not s.model_repository.is_dir():
             raise ModelLoadError(f"model_repository {s.model_repository} is not a directory")
-        # -- trust (srvtrust): signatures, child-process test loads, repository RPCs ------------------
+        # Trust: signatures, child-process test loads, repository RPCs (server/repository.py).
         trust = TrustOptions(tuple(s.trusted_keys), s.repository_rpcs, s.probe_timeout_seconds)
         repository = ModelRepository(self.metrics, s.model_repository, trust)
         for config in s.models:
@@ -81,7 +81,6 @@ class EdgecamServer:
             log.info(
                 "loaded model %s v%s (%s) from %s", model.name, model.version, model.platform, config.path
             )
-        # -- end trust ---------------------------------------------------------------------------------
         repository.load_all()
         if not repository.serving():
             raise ModelLoadError(f"no model in {s.model_repository} could be loaded; see the errors above")

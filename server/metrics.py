@@ -129,7 +129,7 @@ class EdgecamMetrics:
             ["model", "reason"],
             registry=r,
         )
-        # -- trust (srvtrust): start-up served an older version because the newest was refused ---------
+        # Start-up served an older version because the newest was refused.
         self.model_fallbacks = Counter(
             "edgecam_model_fallbacks",
             "Start-ups that serve an older version of a model because newer ones were refused.",

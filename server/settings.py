@@ -61,7 +61,7 @@ class ServerSettings(BaseSettings):
     auth_tokens_file: Path | None = None
     keepalive_seconds: float = Field(default=30.0, gt=0)  # pings keep idle prediction streams alive
 
-    # -- trust: what may be loaded and who may ask (server/repository.py, server/probe.py) --------------
+    # -- trust: what may be loaded and who may ask (server/repository.py, server/probe.py) ----------
     # The fleet's Ed25519 public keys (PEM files, or directories of *.pem/*.pub): set, only artifacts
     # signed by one of them are loaded. Several at once: key rotation. Empty: unsigned artifacts load.
     trusted_keys: list[Path] = Field(default_factory=list)

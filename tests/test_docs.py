@@ -11,7 +11,7 @@ def test_docs_are_in_the_repository_and_nothing_points_outside_it() -> None:
     assert (root / "docs" / "architecture.md").is_file() and (root / "docs" / "tvm-notes.md").is_file()
     offenders = [
         str(path.relative_to(root))
-        for pattern in ("**/*.py", "**/*.md")
+        for pattern in ("**/*.py", "**/*.md", "**/*.toml", "**/*.yml", "**/*.yaml")
         for path in root.glob(pattern)
         if ".venv" not in path.parts
         and "build" not in path.parts
