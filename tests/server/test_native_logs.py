@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from edgecam.models import fashion_cnn
@@ -19,8 +20,11 @@ from edgecam.server.cli import READY_LINE
 
 
 def test_native_stderr_lines_become_json_records(tmp_path: Path) -> None:
+    # An MP4 whose moov box never comes: an ftyp box then media data. Random bytes would not do,
+    # FFmpeg probes content before the extension and sometimes takes them for another format.
     garbage = tmp_path / "garbage.mp4"
-    garbage.write_bytes(os.urandom(20_000))
+    ftyp = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+    garbage.write_bytes(ftyp + (20_008).to_bytes(4, "big") + b"mdat" + os.urandom(20_000))
     truncated = tmp_path / "truncated.avi"
     truncated.write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(range(256)) * 20)
     stderr_file = tmp_path / "stderr"
@@ -35,10 +39,13 @@ def test_native_stderr_lines_become_json_records(tmp_path: Path) -> None:
         ready = serving.stdout.readline()
         try:
             assert READY_LINE in ready, stderr_file.read_text(errors="replace")
-            # Sources are reopened with backoff: two rounds of native complaints take about 1.5 s.
-            serving.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
+            # Sources are reopened with backoff; wait until each source has complained at least once.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and serving.poll() is None:
+                seen = stderr_file.read_bytes()
+                if b"Connection refused" in seen and b"moov atom not found" in seen:
+                    break
+                time.sleep(0.2)
         finally:
             serving.send_signal(signal.SIGTERM)
             assert serving.wait(timeout=30) == 0
