@@ -5,7 +5,8 @@
 Everything is measured in one run on one machine: ONNX Runtime (CPU provider, `--threads` intra-op
 threads) and the TVM artifact `edgecam demo` builds (through the camera's runtime) on the same
 preprocessed sample images, and the same artifact through `edgecam serve` over a real gRPC socket
-(and a ServerLive round trip: the transport alone), all four taking turns in `--rounds` rounds.
+(and a ServerLive round trip: the transport alone), and ServerLive on a lean grpc.aio server that
+does nothing else (bench/lean_grpc.py: Python gRPC's own floor), all taking turns in `--rounds` rounds.
 Results go to bench/results/ with machine and date.
 """
 
@@ -16,6 +17,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+import lean_grpc
 import numpy as np
 from machine_info import cpu_model, save_record
 from timing import in_turns, summary, tvm_threads
@@ -54,8 +56,9 @@ def main() -> None:
         return inputs[next(cycle) % len(inputs)]
 
     server = launch(["--model", str(artifact), "--log-level", "WARNING"])
+    lean, lean_address = lean_grpc.start()
     try:
-        with EdgecamClient(server.grpc_address) as client:
+        with EdgecamClient(server.grpc_address) as client, EdgecamClient(lean_address) as lean_client:
             client.wait_ready()
             # All in turns, so the shared VM's drifting speed reaches the served run and its
             # in-process peer alike; grpc_live is the transport alone (ServerLive, no model).
@@ -64,15 +67,21 @@ def main() -> None:
                 "tvm": lambda: model.runtime.run({name: next_input()}),
                 "grpc_tvm": lambda: client.infer(model.name, {name: next_input()}),
                 "grpc_live": client.live,
+                "grpc_lean_live": lean_client.live,
             }
             samples = in_turns(engines, args.runs, args.rounds)
     finally:
         server.stop()
+        lean.kill()
     results = {engine: summary(ms) for engine, ms in samples.items()}
 
     ratios = {
         "tvm_over_onnxruntime": results["tvm"]["median_ms"] / results["onnxruntime"]["median_ms"],
         "grpc_overhead_ms": results["grpc_tvm"]["median_ms"] - results["tvm"]["median_ms"],
+        # What edgecam adds to Python gRPC's own price for a call (the lean server's ServerLive).
+        "grpc_overhead_over_lean_ms": results["grpc_tvm"]["median_ms"]
+        - results["tvm"]["median_ms"]
+        - results["grpc_lean_live"]["median_ms"],
     }
     record = {
         "benchmark": "bench_runtime",
@@ -105,6 +114,10 @@ def main() -> None:
         print(f"{label:<12} median {r['median_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms   ({r['runs']} runs)")
     print(f"TVM / ONNX Runtime median latency: {ratios['tvm_over_onnxruntime']:.2f}x")
     print(f"gRPC round trip over in-process TVM: +{ratios['grpc_overhead_ms']:.3f} ms (median)")
+    print(
+        f"  a lean grpc.aio server's ServerLive: {results['grpc_lean_live']['median_ms']:.3f} ms; "
+        f"edgecam adds {ratios['grpc_overhead_over_lean_ms']:+.3f} ms"
+    )
     save_record("bench_runtime", record)
 
 
