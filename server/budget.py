@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from edgecam.proto.inference import grpc_service_pb2 as oip
@@ -153,7 +154,9 @@ def wire_cost(nbytes: int) -> int:
     return 2 * nbytes
 
 
-def decoded_cost(request: oip.ModelInferRequest) -> int:
+def decoded_cost(
+    request: oip.ModelInferRequest, raw_contents: Sequence[bytes | memoryview] | None = None
+) -> int:
     """What decoding `request`'s inputs allocates, the runtime's copy of them and its working memory
     on inputs that size (a model's intermediate tensors scale with its inputs): 3 × the arrays.
 
@@ -161,7 +164,8 @@ def decoded_cost(request: oip.ModelInferRequest) -> int:
     the declared shapes: a shape may claim anything, the decoder allocates what was sent and then
     checks it against the shape.
     """
-    decoded = sum(len(raw) for raw in request.raw_input_contents)
+    raw = request.raw_input_contents if raw_contents is None else raw_contents
+    decoded = sum(len(contents) for contents in raw)
     for tensor in request.inputs:
         contents = tensor.contents
         decoded += sum(len(getattr(contents, field)) * width for field, width in _TYPED_ITEMSIZE.items())

@@ -284,8 +284,9 @@ def _checked_shape(name: str, datatype: str, shape: Sequence[int]) -> tuple[np.d
     return dtype, dims, math.prod(dims)
 
 
-def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
-    """Build a tensor from raw little-endian bytes, checking the byte size against the shape."""
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> Tensor:
+    """Build a tensor from raw little-endian bytes, checking the byte size against the shape; the
+    array is a view of `raw` (read-only) where the byte order allows."""
     dtype, dims, count = _checked_shape(name, datatype, shape)
     expected = count * dtype.itemsize
     if len(raw) != expected:

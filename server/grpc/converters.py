@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from edgecam.compiler.artifact import TensorSpec
@@ -30,8 +32,12 @@ _TYPED_FIELD = {
 }
 
 
-def infer_request(request: oip.ModelInferRequest) -> InferRequest:
-    raw = request.raw_input_contents
+def infer_request(
+    request: oip.ModelInferRequest, raw_contents: Sequence[bytes | memoryview] | None = None
+) -> InferRequest:
+    """The request in domain terms; `raw_contents` stands in for its raw_input_contents where they
+    were kept out of the message (server/grpc/wire.py: views, not copies)."""
+    raw = request.raw_input_contents if raw_contents is None else raw_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
             f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input, in order"

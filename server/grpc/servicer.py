@@ -18,7 +18,6 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc
@@ -28,6 +27,7 @@ from edgecam.server.budget import MemoryBudget, Reservation, decoded_cost, recei
 from edgecam.server.errors import InvalidArgument, ServerError
 from edgecam.server.grpc import converters
 from edgecam.server.grpc.status import error_message, grpc_code, maps_errors
+from edgecam.server.grpc.wire import parse_infer_request
 from edgecam.server.pipeline import Prediction
 from edgecam.server.service import EdgeService
 
@@ -108,11 +108,11 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     def _infer(self, raw: bytes, reservation: Reservation) -> oip.ModelInferResponse:
         """On the executor: parse, hold exactly what this request costs, decode, run, encode."""
-        request = _parse(raw)
+        request = parse_infer_request(raw)  # raw tensors stay views into `raw`
         # Typed contents can decode to more than their wire size (varints into 4-8 byte values).
-        reservation.resize(wire_cost(len(raw)) + decoded_cost(request))
-        decoded = converters.infer_request(request)
-        del request  # the parsed message (as large as the request): the decoded arrays are copies
+        reservation.resize(wire_cost(len(raw)) + decoded_cost(request.message, request.raw_contents))
+        decoded = converters.infer_request(request.message, request.raw_contents)
+        del request  # the parsed message (typed contents can be large): the decoded arrays are copies
         return converters.infer_response(self._service.infer(decoded))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Context) -> None:
@@ -214,19 +214,10 @@ class CameraServicer(v1_grpc.CameraServiceServicer):
         return converters.model_info(self._service.model(request.name, request.version))
 
 
-def _parse(raw: bytes) -> oip.ModelInferRequest:
-    try:
-        return oip.ModelInferRequest.FromString(raw)
-    except DecodeError as exc:
-        raise InvalidArgument(
-            f"the request is not a valid inference.ModelInferRequest message ({len(raw)} bytes): {exc}"
-        ) from None
-
-
 def _request_id(raw: bytes) -> str:
     try:
-        return oip.ModelInferRequest.FromString(raw).id
-    except DecodeError:
+        return parse_infer_request(raw).message.id
+    except InvalidArgument:
         return ""
 
 

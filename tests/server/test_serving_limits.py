@@ -212,8 +212,7 @@ def test_16_concurrent_64_mib_requests_stay_in_the_memory_budget(
     assert statuses.get("OK", 0) >= 1 and statuses.get("RESOURCE_EXHAUSTED", 0) >= 1
     peak, fps = found["rss_peak_growth_bytes"], found["camera_fps_during"]
     assert isinstance(peak, int) and isinstance(fps, float)
-    if peak >= 512 * 1024 * 1024 or fps < 0.9 * 20:
-        # Not yet met everywhere: with each admitted request holding its full cost from the moment it
-        # is read, the RSS peak stayed within the budget here (+375 MiB measured), but on 2 shared
-        # cores the admitted 64 MiB requests took the camera to 80-89% of its rate.
-        pytest.xfail(f"RSS peak +{peak / 2**20:.0f} MiB (budget 512), camera {fps:.1f} of 20 fps")
+    assert peak < 512 * 1024 * 1024, found
+    # The camera keeps 90% of its rate: raw tensors are read without copies under the GIL
+    # (server/grpc/wire.py); with three 64 MiB copies per request it fell to 73-89%.
+    assert fps >= 0.9 * 20, found
