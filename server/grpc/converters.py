@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from edgecam.compiler.artifact import TensorSpec
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.server.errors import InvalidArgument
+from edgecam.server.grpc.wire import encode_infer_response
 from edgecam.server.pipeline import CameraStatus, Prediction
 from edgecam.server.repository import ModelEntry
 from edgecam.server.runtime.base import LoadedModel
@@ -92,15 +91,14 @@ def load_version(request: oip.RepositoryModelLoadRequest) -> str | None:
     return parameter.string_param or None
 
 
-def infer_response(response: InferResponse) -> oip.ModelInferResponse:
+def infer_response(response: InferResponse) -> bytes:
+    """The serialized ModelInferResponse, outputs as raw contents (appended without copies: wire.py)."""
     message = oip.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
-        little = tensor.data.astype(tensor.data.dtype.newbyteorder("<"), copy=False)
-        message.raw_output_contents.append(np.ascontiguousarray(little).tobytes())
-    return message
+    return encode_infer_response(message, [tensor.data for tensor in response.outputs])
 
 
 def model_metadata(model: LoadedModel) -> oip.ModelMetadataResponse:

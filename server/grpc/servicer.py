@@ -27,7 +27,7 @@ from edgecam.server.budget import MemoryBudget, Reservation, decoded_cost, recei
 from edgecam.server.errors import InvalidArgument, ServerError
 from edgecam.server.grpc import converters
 from edgecam.server.grpc.status import error_message, grpc_code, maps_errors
-from edgecam.server.grpc.wire import parse_infer_request
+from edgecam.server.grpc.wire import encode_stream_response, parse_infer_request
 from edgecam.server.pipeline import Prediction
 from edgecam.server.service import EdgeService
 
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext
 
-# Methods whose responses the handler serializes itself (shared by every stream).
-RAW_RESPONSES = frozenset({"StreamPredictions"})
+# Methods whose responses the handler serializes itself: predictions once for every stream,
+# inference outputs straight from their arrays (wire.py).
+RAW_RESPONSES = frozenset({"StreamPredictions", "ModelInfer", "ModelStreamInfer"})
 # Methods whose handler reads its request messages itself, as bytes, once the memory budget has
 # room for them: served as client-streaming calls (a unary call is the same on the wire).
 RAW_REQUESTS = frozenset({"ModelInfer", "ModelStreamInfer"})
@@ -89,7 +90,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return converters.model_metadata(self._service.model(request.name, request.version))
 
     @maps_errors
-    async def ModelInfer(self, requests: AsyncIterator[bytes], context: Context) -> oip.ModelInferResponse:
+    async def ModelInfer(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
         reservation = await self._budget.reserve_within(
             self._receive_cost, "ModelInfer request", self._memory_wait_s
         )
@@ -106,7 +107,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         reservation.resize(receive_cost(len(raw)))
         return await self._run(self._infer, raw, reservation)
 
-    def _infer(self, raw: bytes, reservation: Reservation) -> oip.ModelInferResponse:
+    def _infer(self, raw: bytes, reservation: Reservation) -> bytes:
         """On the executor: parse, hold exactly what this request costs, decode, run, encode."""
         request = parse_infer_request(raw)  # raw tensors stay views into `raw`
         # Typed contents can decode to more than their wire size (varints into 4-8 byte values).
@@ -132,14 +133,14 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 reservation.resize(receive_cost(len(raw)))
                 try:
                     response = await self._run(self._infer, raw, reservation)
-                    answer = oip.ModelStreamInferResponse(infer_response=response)
+                    answer = encode_stream_response(response)
                 except Exception as exc:  # any error, ours or not, ends this request only, never the stream
                     if not isinstance(exc, ServerError):
                         log.exception("unexpected error in ModelStreamInfer")
                     answer = oip.ModelStreamInferResponse(
                         error_message=error_message(exc),
                         infer_response=oip.ModelInferResponse(id=_request_id(raw)),
-                    )
+                    ).SerializeToString()
             await context.write(answer)
 
     @maps_errors

@@ -1,4 +1,4 @@
-"""ModelInferRequest off the wire without copying its raw tensors.
+"""ModelInfer requests off the wire and responses onto it without copying their raw tensors.
 
 protobuf's Python messages (upb) copy a `bytes` field when the message is parsed and again on every
 read of it: a 64 MiB raw_input_contents cost three 64 MiB copies between the socket and numpy (parse,
@@ -10,18 +10,26 @@ and only the other fields (names, shapes, parameters: small) go through protobuf
 
 Anything the walk does not understand is left to protobuf: the whole message is parsed the ordinary
 way, so a malformed request gets protobuf's own verdict.
+
+Responses the other way round: the message without its raw outputs is serialized by protobuf, and
+each output's bytes are appended as a raw_output_contents field straight from the array (protobuf
+would have copied it three times: tobytes, into the message, and out again).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.server.errors import InvalidArgument
 
 _RAW_INPUT_CONTENTS = oip.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+_RAW_OUTPUT_CONTENTS = oip.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
+_STREAM_INFER_RESPONSE = oip.ModelStreamInferResponse.DESCRIPTOR.fields_by_name["infer_response"].number
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
@@ -101,3 +109,34 @@ def _varint(view: memoryview, position: int) -> tuple[int, int]:
             return value, position
         shift += 7
     return -1, end + 1
+
+
+def encode_infer_response(message: oip.ModelInferResponse, raw_outputs: Sequence[np.ndarray]) -> bytes:
+    """`message` (without raw_output_contents) with each array appended as one, serialized: the
+    bytes protobuf would produce for the whole message (its fields in number order), copied once."""
+    parts: list[bytes | memoryview] = [message.SerializeToString()]
+    for array in raw_outputs:
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        data = np.ascontiguousarray(little).data.cast("B")
+        parts += [_length_delimited_key(_RAW_OUTPUT_CONTENTS), _varint_bytes(data.nbytes), data]
+    return b"".join(parts)
+
+
+def encode_stream_response(infer_response: bytes) -> bytes:
+    """A ModelStreamInferResponse carrying a serialized ModelInferResponse (no error message)."""
+    return b"".join(
+        (_length_delimited_key(_STREAM_INFER_RESPONSE), _varint_bytes(len(infer_response)), infer_response)
+    )
+
+
+def _length_delimited_key(field: int) -> bytes:
+    return _varint_bytes(field << 3 | _LENGTH_DELIMITED)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.server.errors import InvalidArgument
-from edgecam.server.grpc.wire import parse_infer_request
+from edgecam.server.grpc.wire import encode_infer_response, encode_stream_response, parse_infer_request
 
 
 def _request() -> oip.ModelInferRequest:
@@ -83,3 +83,17 @@ def test_a_corrupted_byte_is_judged_as_protobuf_judges_it(at: int, value: int) -
     raw = bytearray(_request().SerializeToString())
     raw[at % len(raw)] = value
     _same_as_protobuf(bytes(raw))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.dtype(">i4"), np.uint8, np.float16, bool])
+def test_responses_are_the_bytes_protobuf_writes(dtype: np.dtype) -> None:
+    outputs = [np.arange(24).reshape(2, 3, 4).astype(dtype), np.arange(5).astype(dtype)[::2]]  # one strided
+    message = oip.ModelInferResponse(model_name="m", model_version="1", id="r")
+    expected = oip.ModelInferResponse()
+    expected.CopyFrom(message)
+    for array in outputs:
+        expected.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+    encoded = encode_infer_response(message, outputs)
+    assert encoded == expected.SerializeToString()
+    stream = oip.ModelStreamInferResponse.FromString(encode_stream_response(encoded))
+    assert stream.infer_response == expected and not stream.error_message
