@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecam.compiler.artifact import ArtifactError, Manifest, TargetInfo, TensorSpec, write_artifact
+from edgecam.compiler.artifact import ArtifactError, Manifest, TargetInfo, write_artifact
+from edgecam.model import TensorSpec
 from edgecam.preprocessing import Preprocessing
 from edgecam.server.errors import ModelLoadError
 from edgecam.server.runtime import load_model
