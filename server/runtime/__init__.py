@@ -50,7 +50,7 @@ def load_model(
 def _baseline(runtime: str) -> int:
     """RSS after the runtime library itself is loaded, so its own size is not charged to the model."""
     if runtime == "tvm":
-        from edgecam.server.runtime.tvm import import_tvm_runtime
+        from edgecam.library import import_tvm_runtime
 
         import_tvm_runtime()
     else:
