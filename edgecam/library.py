@@ -135,7 +135,8 @@ class CompiledLibrary:
             return [None] * len(self.inputs)
         staged: list[tuple[np.ndarray, Any] | None] = []
         for spec in self.inputs:
-            if any(d < 0 for d in spec.shape):
+            # Open dimensions have no buffer size; empty tensors no data TVM accepts as aligned.
+            if any(d <= 0 for d in spec.shape):
                 staged.append(None)
                 continue
             buffer = _aligned_empty(spec.shape, to_numpy(spec.datatype))
