@@ -53,7 +53,7 @@ def stream_fps(model: Any, camera_fps: float, seconds: float, ahead: bool = True
 
     from edgecam.server.metrics import EdgecamMetrics
     from edgecam.server.pipeline import CameraPipeline, PipelineOptions
-    from edgecam.server.sources import SyntheticSourceConfig
+    from edgecam.server.sources.synthetic import SyntheticSourceConfig
 
     options = PipelineOptions(subscriber_queue=100_000, preprocess_ahead=ahead)
     metrics = EdgecamMetrics(CollectorRegistry(), process=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import threading
 import time
@@ -26,6 +25,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecam.datatypes import to_numpy
+from edgecam.model import metadata_props
+from edgecam.postprocessing import Postprocessing
+from edgecam.preprocessing import Preprocessing
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc
 from edgecam.proto.v1 import cameras_pb2 as v1
@@ -341,15 +343,9 @@ def vector_model(path: Path, length: int, name: str = "vsum") -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    helper.set_model_props(
-        model,
-        {
-            "edgecam.model_name": name,
-            # Required of every edgecam model; unused, as no camera runs this one.
-            "edgecam.preprocessing": json.dumps({"height": 1, "width": 1, "color": "GRAY"}),
-            "edgecam.postprocessing": json.dumps({"output": "sum", "apply_softmax": False, "top_k": 1}),
-            "edgecam.labels": json.dumps(["sum"]),
-        },
-    )
+    # Required of every edgecam model; unused, as no camera runs this one.
+    pre = Preprocessing(height=1, width=1, color="GRAY")
+    post = Postprocessing(output="sum", apply_softmax=False, top_k=1)
+    helper.set_model_props(model, metadata_props(name, pre, post, ["sum"]))
     onnx.save(model, str(path))
     return path

@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from edgecam import __version__
-from edgecam.datatypes import KSERVE_DATATYPES
-from edgecam.postprocessing import Postprocessing
-from edgecam.preprocessing import Preprocessing
+from edgecam.model import ModelDescription
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,16 +35,6 @@ class ArtifactError(Exception):
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"artifact check '{check}' failed: {message}")
         self.check = check
-
-
-class TensorSpec(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-    def model_post_init(self, _context: Any) -> None:
-        if self.datatype not in KSERVE_DATATYPES:
-            raise ValueError(f"datatype {self.datatype!r} is not a KServe datatype ({KSERVE_DATATYPES})")
 
 
 class TargetInfo(BaseModel):
@@ -104,20 +92,17 @@ class CodedWeights(BaseModel):
     transform: str | None = None
 
 
-class Manifest(BaseModel):
+class Manifest(ModelDescription):
+    """The model's description (ModelDescription: name, tensors, pre/postprocessing, labels) and
+    how it was built and checked."""
+
     schema_version: int = SCHEMA_VERSION
     edgecam_version: str = __version__
     tvm_version: str | None = None
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    model_name: str
     runtime: Literal["tvm", "onnxruntime"]
     library: str  # file inside the artifact the runtime loads
     target: TargetInfo
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    preprocessing: Preprocessing
-    postprocessing: Postprocessing = Field(default_factory=Postprocessing)
-    labels: list[str] = Field(default_factory=list)
     source: SourceModel | None = None
     recipe: dict[str, Any] | None = None
     # `edgecam compress`: the report summary (original and final numbers, accuracy gate); the full

@@ -255,23 +255,32 @@ def tvm_latency(
 # The TVM runtime in its own process: TVM_NUM_THREADS takes effect (TVM reads it once, when its
 # thread pool starts; its default on x86 is half the cores) and only the runtime library is loaded,
 # as on a camera. One process serves every step of a run: importing TVM takes seconds.
-_WORKER = """
-import json, sys
-import numpy as np, tvm
-from tvm.runtime.vm import VirtualMachine
-from edgecam.compiler.evaluate import time_calls
-for line in sys.stdin:
-    job = json.loads(line)
-    try:
-        vm = VirtualMachine(tvm.runtime.load_module(job["library"]), tvm.cpu())
-        with np.load(job["inputs"]) as data:
-            args = [tvm.runtime.tensor(data[f"arr_{i}"], tvm.cpu()) for i in range(len(data.files))]
-        result = {"ms": time_calls(lambda: vm["main"](*args), job["runs"], job["warmup"])}
-    except Exception as exc:
-        result = {"error": f"{type(exc).__name__}: {exc}"}
-    print("EDGECAM-TIMES " + json.dumps(result), flush=True)
-"""
-_MARK = b"EDGECAM-TIMES "
+_MARK = "EDGECAM-TIMES "
+
+
+def serve_timings() -> None:
+    """The runtime process (`python -m edgecam.compiler.evaluate`): one JSON job per stdin line, each
+    answered with one marked line (TVM's own prints may come between)."""
+    for line in sys.stdin:
+        try:
+            result: dict[str, Any] = {"ms": _time_job(json.loads(line))}
+        except Exception as exc:  # reported to the parent, which shows it as the reason for no number
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        print(_MARK + json.dumps(result), flush=True)
+
+
+def _time_job(job: dict[str, Any]) -> tuple[float, float]:
+    """p50/p99 of the library on the saved inputs, run by edgecam/library.py: the camera's runner
+    (inputs staged, outputs copied out), so the report times what a camera runs."""
+    from edgecam.datatypes import from_numpy
+    from edgecam.library import CompiledLibrary
+    from edgecam.model import TensorSpec
+
+    with np.load(job["inputs"]) as data:  # np.savez's arr_0, arr_1, ...: main's inputs in order
+        feed = {f"arr_{i}": data[f"arr_{i}"] for i in range(len(data.files))}
+    specs = [TensorSpec(name=k, datatype=from_numpy(v.dtype), shape=list(v.shape)) for k, v in feed.items()]
+    library = CompiledLibrary(Path(job["library"]), specs)
+    return time_calls(lambda: library.run(feed), job["runs"], job["warmup"])
 
 
 class RuntimeProcess:
@@ -315,7 +324,7 @@ class RuntimeProcess:
         """Start the process unless it runs (TVM's import takes seconds: start it early)."""
         if self._process is None:
             env = {**os.environ, "TVM_NUM_THREADS": str(self.threads), "TVM_USE_RUNTIME_LIB": "1"}
-            command = [sys.executable, "-c", _WORKER]
+            command = [sys.executable, "-P", "-m", "edgecam.compiler.evaluate"]
             self._process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
             )
@@ -331,7 +340,7 @@ class RuntimeProcess:
             line, newline, rest = self._buffer.partition(b"\n")
             if newline:
                 self._buffer = rest
-                if line.startswith(_MARK):
+                if line.startswith(_MARK.encode()):
                     return dict(json.loads(line[len(_MARK) :]))
                 continue
             left = deadline - time.monotonic()
@@ -421,3 +430,7 @@ class Evaluator:
             tvm_skipped=tvm if isinstance(tvm, str) else None,
             changes=changes or {},
         )
+
+
+if __name__ == "__main__":
+    serve_timings()

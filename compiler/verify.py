@@ -21,7 +21,9 @@ from edgecam.compiler import intermediates
 from edgecam.compiler.artifact import Compared, Verification
 from edgecam.compiler.errors import VerificationError
 from edgecam.compiler.frontends.onnx import OnnxModel
-from edgecam.datatypes import to_numpy
+from edgecam.datatypes import from_numpy, to_numpy
+from edgecam.library import CompiledLibrary, LibraryError
+from edgecam.model import TensorSpec
 from edgecam.ort_options import session_options
 from edgecam.preprocessing import preprocess
 
@@ -157,32 +159,25 @@ def run_library(
     params: Sequence[np.ndarray] = (),
     transform: str | None = None,
 ) -> list[list[np.ndarray]]:
-    """Outputs of the compiled library on `feeds`, through the same runtime API a camera uses.
+    """Outputs of the compiled library on `feeds`, run by the camera's own code (edgecam/library.py:
+    staging buffers, weights through `transform`, outputs copied out), on this machine's CPU.
 
     `params` are weights the library takes after the inputs (an artifact's coded weights, decoded);
     with `transform`, that function runs once on them first and `main` takes its outputs, as on a camera.
     """
-    from edgecam import tvm_threads
-
-    tvm_threads.use_physical_cores()  # before TVM's pool starts: a later runtime in this process shares it
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
-    vm = VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
-    weights = [tvm.runtime.tensor(np.ascontiguousarray(value), tvm.cpu()) for value in params]
-    if transform is not None:
-        weights = list(vm[transform](weights))
-    results = []
-    for feed in feeds:
-        out = vm["main"](*(tvm.runtime.tensor(feed[name], tvm.cpu()) for name in input_names), *weights)
-        results.append(_flatten(out))
-    return results
-
-
-def _flatten(value: object) -> list[np.ndarray]:
-    if hasattr(value, "numpy"):
-        return [value.numpy()]
-    return [array for item in value for array in _flatten(item)]  # type: ignore[attr-defined]
+    if not feeds:
+        return []
+    # The inputs' shapes and types as the feeds carry them (a camera reads them from the manifest).
+    first = feeds[0]
+    specs = [
+        TensorSpec(name=n, datatype=from_numpy(first[n].dtype), shape=list(first[n].shape))
+        for n in input_names
+    ]
+    try:
+        compiled = CompiledLibrary(library, specs, params=params, transform=transform)
+    except LibraryError as exc:
+        raise VerificationError(str(exc)) from exc
+    return [compiled.run(feed) for feed in feeds]
 
 
 def run_onnxruntime(onnx_path: Path, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:

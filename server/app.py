@@ -30,7 +30,6 @@ from edgecam.server.runtime.base import LoadedModel
 from edgecam.server.service import EdgeService
 from edgecam.server.settings import CameraConfig, ServerSettings, TlsConfig
 from edgecam.server.shadow import ShadowChecker
-from edgecam.server.sources import parse_source
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class EdgecamServer:
             max_fps=config.max_fps, max_frame_age_s=config.max_frame_age_s, backoff_max_s=config.backoff_max_s
         )
         shadow = ShadowChecker(config.name, model, config.shadow, self.metrics) if config.shadow else None
-        return CameraPipeline(config.name, parse_source(config.source), model, self.metrics, options, shadow)
+        return CameraPipeline(config.name, config.source_config(), model, self.metrics, options, shadow)
 
     def start(self) -> None:
         s = self.settings

@@ -1,15 +1,35 @@
-"""Server settings: one typed model, one default per field, overridable as EDGECAM_* variables."""
+"""Server settings: one typed model, one default per field; a YAML file, EDGECAM_* variables and
+command-line flags over it, merged by pydantic-settings' own sources."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from edgecam.server.shadow import ShadowConfig
+from edgecam.server.sources import SourceConfig, SourceError, source_config
+
+# The YAML file of the settings being built (`ServerSettings.load`); None: no file.
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("edgecam_config_file", default=None)
 
 
 class ModelConfig(BaseModel):
@@ -20,7 +40,9 @@ class ModelConfig(BaseModel):
 
 class CameraConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    source: str  # synthetic[:opts], a file, rtsp://..., http://..., /dev/videoN or a device index
+    # A string (synthetic[:opts], a file, rtsp://..., http://..., /dev/videoN, a device index: parsed
+    # when the camera starts), or a mapping with `kind` and that source's typed options.
+    source: str | SerializeAsAny[SourceConfig]
     model: str | None = None  # default: the server's only model
     # Cap on inferences per second; None: as fast as frames come.
     max_fps: float | None = Field(default=None, gt=0)
@@ -29,6 +51,20 @@ class CameraConfig(BaseModel):
     backoff_max_s: float = Field(default=10.0, gt=0)  # reconnect waits double up to this
     # Also run a sampled share of frames on the fp32 reference model (the artifact's reference.onnx).
     shadow: ShadowConfig | None = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _typed_source(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            try:
+                return source_config(value)
+            except SourceError as exc:  # pydantic adds where: cameras.N.source
+                raise ValueError(str(exc)) from None
+        return value
+
+    def source_config(self) -> SourceConfig:
+        """The source's config, a string parsed now (SourceError names what is wrong)."""
+        return source_config(self.source)
 
 
 class TlsConfig(BaseModel):
@@ -98,26 +134,52 @@ class ServerSettings(BaseSettings):
         return self
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (the init arguments) over EDGECAM_* variables over the YAML file (`load`), first
+        first; pydantic-settings merges them deeply: a nested key replaces only itself."""
+        config_file = _CONFIG_FILE.get()
+        if config_file is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, _YamlFile(settings_cls, yaml_file=config_file)
+
+    @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> ServerSettings:
-        """Settings from a YAML file, then EDGECAM_* variables over it, then command-line flags over both."""
-        values: dict[str, Any] = {}
-        if config_file is not None:
-            try:
-                loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ValueError(f"cannot read config file {config_file}: {exc}") from exc
-            if not isinstance(loaded, dict):
+        """Settings from a YAML file, then EDGECAM_* variables over it, then command-line flags over both
+        (a flag left unset, None or [], is not one)."""
+        if config_file is not None and not Path(config_file).is_file():
+            raise ValueError(f"cannot read config file {config_file}: no such file")
+        token = _CONFIG_FILE.set(None if config_file is None else Path(config_file))
+        try:
+            return cls(**{k: v for k, v in flags.items() if v not in (None, [])})
+        except ValidationError as exc:
+            unknown = sorted(str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden")
+            if unknown and len(unknown) == len(exc.errors()):
+                valid = sorted(cls.model_fields)
                 raise ValueError(
-                    f"config file {config_file} must be a mapping of settings, got {type(loaded).__name__}"
-                )
-            unknown = set(loaded) - set(cls.model_fields)
-            if unknown:
-                raise ValueError(
-                    f"config file {config_file}: unknown settings {sorted(unknown)}; "
-                    f"valid: {sorted(cls.model_fields)}"
-                )
-            values.update(loaded)
-        from_env = cls()  # pydantic-settings reads the environment here
-        values.update(from_env.model_dump(include=from_env.model_fields_set))
-        values.update({k: v for k, v in flags.items() if v not in (None, [])})
-        return cls(**values)
+                    f"config file {config_file}: unknown settings {unknown}; valid: {valid}"
+                ) from None
+            raise
+        finally:
+            _CONFIG_FILE.reset(token)
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source; an unreadable file or one that is no mapping is named."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config file {file_path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"config file {file_path} must be a mapping of settings, got {type(data).__name__}"
+            )
+        return data

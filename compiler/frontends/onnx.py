@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecam.compiler.artifact import TensorSpec
 from edgecam.compiler.errors import ModelImportError
+from edgecam.model import MetadataError, ModelDescription, TensorSpec, check_preprocessing, describe
 from edgecam.postprocessing import Postprocessing
 from edgecam.preprocessing import Preprocessing
 
@@ -33,14 +32,36 @@ _ONNX_TO_KSERVE = {
 
 @dataclass
 class OnnxModel:
+    """An ONNX model the compiler builds: the file, its proto and its description (edgecam/model.py)."""
+
     path: Path
     proto: Any  # onnx.ModelProto
-    name: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    preprocessing: Preprocessing
-    postprocessing: Postprocessing = field(default_factory=Postprocessing)
-    labels: list[str] = field(default_factory=list)
+    description: ModelDescription
+
+    # The description's fields, read where the compiler reads them.
+    @property
+    def name(self) -> str:
+        return self.description.model_name
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.description.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.description.outputs
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.description.preprocessing
+
+    @property
+    def postprocessing(self) -> Postprocessing:
+        return self.description.postprocessing
+
+    @property
+    def labels(self) -> list[str]:
+        return self.description.labels
 
 
 def load_onnx(path: Path) -> OnnxModel:
@@ -56,20 +77,14 @@ def load_onnx(path: Path) -> OnnxModel:
     except Exception as exc:  # onnx raises several unrelated types for unreadable files
         raise ModelImportError(f"{path} is not a valid ONNX model: {exc}") from exc
     inputs, outputs = tensor_specs(proto, path)
-    meta = {p.key: p.value for p in proto.metadata_props}
+    metadata = {p.key: p.value for p in proto.metadata_props}
     try:
-        preprocessing = (
-            Preprocessing.model_validate_json(meta["edgecam.preprocessing"])
-            if "edgecam.preprocessing" in meta
-            else infer_preprocessing(inputs[0])
-        )
-        postprocessing = Postprocessing.model_validate_json(meta.get("edgecam.postprocessing", "{}"))
-        labels = [str(x) for x in json.loads(meta.get("edgecam.labels", "[]"))]
-    except ValueError as exc:
-        raise ModelImportError(f"{path}: bad edgecam metadata: {exc}") from exc
-    check_preprocessing(preprocessing, inputs[0], path)
-    name = meta.get("edgecam.model_name", path.stem)
-    return OnnxModel(path, proto, name, inputs, outputs, preprocessing, postprocessing, labels)
+        description = describe(metadata, inputs, outputs, path.stem, str(path))
+        # Verification feeds frames through the preprocessing: it must make the first input.
+        check_preprocessing(description.preprocessing, inputs[0], str(path))
+    except MetadataError as exc:
+        raise ModelImportError(str(exc)) from None
+    return OnnxModel(path, proto, description)
 
 
 def tensor_specs(proto: Any, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -97,29 +112,6 @@ def _spec(value: Any, path: Path) -> TensorSpec:
             f"{path}: tensor {value.name!r} has unsupported ONNX element type {tensor.elem_type}"
         )
     return TensorSpec(name=value.name, datatype=datatype, shape=dims)
-
-
-def infer_preprocessing(spec: TensorSpec) -> Preprocessing:
-    """Without metadata: an NCHW image input, 1 channel → gray, else RGB, scaled to [0, 1]."""
-    if len(spec.shape) != 4:
-        raise ModelImportError(
-            f"input {spec.name!r} has shape {spec.shape}; without edgecam.preprocessing metadata an NCHW "
-            "image input [1, C, H, W] is expected"
-        )
-    _, channels, height, width = spec.shape
-    return Preprocessing(height=height, width=width, color="GRAY" if channels == 1 else "RGB", layout="NCHW")
-
-
-def check_preprocessing(spec: Preprocessing, image: TensorSpec, path: Path) -> None:
-    """The preprocessing must produce exactly the first input's shape, or every frame would be refused."""
-    c, h, w = spec.channels, spec.height, spec.width
-    produced = [1, c, h, w] if spec.layout == "NCHW" else [1, h, w, c]
-    if image.shape != produced:
-        raise ModelImportError(
-            f"{path}: edgecam.preprocessing ({spec.layout}, {spec.color}, {h}x{w}) produces {produced}, "
-            f"but input {image.name!r} has shape {image.shape}; export the model for that shape (batch 1) "
-            "or fix the edgecam.preprocessing metadata"
-        )
 
 
 def to_relax(model: OnnxModel, params: Sequence[str] = ()) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecam.compiler.errors import CompilerError
+from edgecam.model import metadata_props
 from edgecam.models.efficientnet_lite0 import (
     INPUT_NAME,
     MODEL_NAME,
@@ -107,15 +107,7 @@ def to_onnx(net: torch.nn.Module, labels: list[str]) -> Any:
         )
         model = onnxslim.slim(onnx.load(str(raw)))
     del model.metadata_props[:]
-    onnx.helper.set_model_props(
-        model,
-        {
-            "edgecam.model_name": MODEL_NAME,
-            "edgecam.preprocessing": PREPROCESSING.model_dump_json(),
-            "edgecam.postprocessing": POSTPROCESSING.model_dump_json(),
-            "edgecam.labels": json.dumps(labels),
-        },
-    )
+    onnx.helper.set_model_props(model, metadata_props(MODEL_NAME, PREPROCESSING, POSTPROCESSING, labels))
     onnx.checker.check_model(model, full_check=True)
     return model
 

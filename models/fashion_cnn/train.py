@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgecam.model import metadata_props
 from edgecam.models.fashion_cnn import LABELS, MODEL_NAME, load_split
 from edgecam.postprocessing import Postprocessing
 from edgecam.preprocessing import Preprocessing, preprocess
@@ -116,15 +117,7 @@ def export(net: torch.nn.Module, path: Path) -> None:
         do_constant_folding=True,
     )
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(
-        model,
-        {
-            "edgecam.model_name": MODEL_NAME,
-            "edgecam.preprocessing": PREPROCESSING.model_dump_json(),
-            "edgecam.postprocessing": POSTPROCESSING.model_dump_json(),
-            "edgecam.labels": json.dumps(LABELS),
-        },
-    )
+    onnx.helper.set_model_props(model, metadata_props(MODEL_NAME, PREPROCESSING, POSTPROCESSING, LABELS))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 

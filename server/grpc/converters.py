@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edgecam.compiler.artifact import TensorSpec
+from edgecam.model import TensorSpec
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.v1 import cameras_pb2 as v1
 from edgecam.server.errors import InvalidArgument

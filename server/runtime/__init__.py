@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecam.compiler.artifact import Artifact, ArtifactError, TensorSpec, load_artifact
+from edgecam.compiler.artifact import Artifact, ArtifactError, load_artifact
+from edgecam.model import TensorSpec
 from edgecam.server.errors import ModelLoadError
 from edgecam.server.runtime.base import LoadedModel, Runtime
 
@@ -49,7 +50,7 @@ def load_model(
 def _baseline(runtime: str) -> int:
     """RSS after the runtime library itself is loaded, so its own size is not charged to the model."""
     if runtime == "tvm":
-        from edgecam.server.runtime.tvm import import_tvm_runtime
+        from edgecam.library import import_tvm_runtime
 
         import_tvm_runtime()
     else:
@@ -96,11 +97,7 @@ def _from_artifact(artifact: Artifact, name: str | None, version: str, threads: 
         version=version,
         platform=platform,
         runtime=runtime,
-        inputs=list(manifest.inputs),
-        outputs=list(manifest.outputs),
-        preprocessing=manifest.preprocessing,
-        postprocessing=manifest.postprocessing,
-        labels=list(manifest.labels),
+        description=manifest,
         manifest=manifest,
     )
 
@@ -109,17 +106,13 @@ def _from_onnx(path: Path, name: str | None, version: str, threads: int) -> Load
     from edgecam.server.runtime.onnxruntime import OnnxRuntime, describe_onnx
 
     runtime = OnnxRuntime(path, threads)
-    meta_name, pre, post, labels = describe_onnx(runtime)
+    description = describe_onnx(runtime)
     return LoadedModel(
-        name=name or meta_name or path.stem,
+        name=name or description.model_name,
         version=version,
         platform="onnxruntime_onnx",
         runtime=runtime,
-        inputs=runtime.inputs,
-        outputs=runtime.outputs,
-        preprocessing=pre,
-        postprocessing=post,
-        labels=labels,
+        description=description,
     )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edgecam.compiler.artifact import Manifest, TensorSpec
+from edgecam.compiler.artifact import Manifest
+from edgecam.model import ModelDescription, TensorSpec
 from edgecam.postprocessing import Postprocessing
 from edgecam.preprocessing import Preprocessing
 
@@ -27,15 +28,35 @@ class Runtime(Protocol):
 
 @dataclass
 class LoadedModel:
-    name: str
+    """A model being served: its runtime and its description (an artifact's manifest, or what
+    edgecam/model.py reads from a plain .onnx file)."""
+
+    name: str  # the name it is served under (the description's, unless the operator chose another)
     version: str
     platform: str  # KServe ModelMetadata.platform, e.g. "tvm_x86_64", "onnxruntime_onnx"
     runtime: Runtime
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    preprocessing: Preprocessing
-    postprocessing: Postprocessing = field(default_factory=Postprocessing)
-    labels: list[str] = field(default_factory=list)
+    description: ModelDescription
     manifest: Manifest | None = None
     path: Path | None = None  # the artifact directory or .onnx file it was loaded from
     workspace_bytes: int = 0  # measured at load: process growth beyond the weights (see load_model)
+
+    # The description's fields, read all over the server.
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.description.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.description.outputs
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.description.preprocessing
+
+    @property
+    def postprocessing(self) -> Postprocessing:
+        return self.description.postprocessing
+
+    @property
+    def labels(self) -> list[str]:
+        return self.description.labels

@@ -5,16 +5,13 @@ Only onnxruntime is used, never the `onnx` package: a camera does not install it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecam.compiler.artifact import TensorSpec
+from edgecam.model import MetadataError, ModelDescription, TensorSpec, describe
 from edgecam.ort_options import session_options
-from edgecam.postprocessing import Postprocessing
-from edgecam.preprocessing import Preprocessing
 from edgecam.server.errors import ModelLoadError
 
 # ONNX type strings as onnxruntime reports them → KServe datatypes.
@@ -32,7 +29,6 @@ _ORT_TYPES = {
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
 }
-METADATA_PREFIX = "edgecam."
 
 
 class OnnxRuntime:
@@ -81,37 +77,15 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
 
 
-def describe_onnx(runtime: OnnxRuntime) -> tuple[str | None, Preprocessing, Postprocessing, list[str]]:
-    """Model name, pre/postprocessing and labels from metadata_props, inferred where absent."""
-    meta = runtime.metadata()
-    where = f"{runtime.path} metadata_props"
-    name = meta.get(METADATA_PREFIX + "model_name")
+def describe_onnx(runtime: OnnxRuntime) -> ModelDescription:
+    """The model's description from its metadata_props (edgecam/model.py), inferred where absent."""
     try:
-        pre_json = meta.get(METADATA_PREFIX + "preprocessing")
-        pre = Preprocessing.model_validate_json(pre_json) if pre_json else infer_preprocessing(runtime.inputs)
-        post_json = meta.get(METADATA_PREFIX + "postprocessing")
-        post = Postprocessing.model_validate_json(post_json) if post_json else Postprocessing()
-        labels = json.loads(meta.get(METADATA_PREFIX + "labels", "[]"))
-    except ValueError as exc:  # pydantic ValidationError and JSONDecodeError are ValueErrors
-        raise ModelLoadError(f"{where}: invalid edgecam metadata: {exc}") from exc
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ModelLoadError(f"{where}: 'edgecam.labels' must be a JSON list of strings, got {labels!r}")
-    return name, pre, post, labels
-
-
-def infer_preprocessing(inputs: list[TensorSpec]) -> Preprocessing:
-    """Guess the recipe of a model without edgecam metadata from its one image input's shape."""
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise ModelLoadError(
-            f"cannot infer preprocessing: expected one image input of rank 4, got "
-            f"{[(s.name, s.shape) for s in inputs]}; add edgecam.preprocessing to the model's metadata_props"
+        return describe(
+            runtime.metadata(),
+            runtime.inputs,
+            runtime.outputs,
+            runtime.path.stem,
+            f"{runtime.path} metadata_props",
         )
-    _, a, b, c = inputs[0].shape
-    if a in (1, 3) and b > 0 and c > 0:
-        return Preprocessing(height=b, width=c, color="GRAY" if a == 1 else "RGB", layout="NCHW")
-    if c in (1, 3) and a > 0 and b > 0:
-        return Preprocessing(height=a, width=b, color="GRAY" if c == 1 else "RGB", layout="NHWC")
-    raise ModelLoadError(
-        f"cannot infer preprocessing from input {inputs[0].name!r} shape {inputs[0].shape}: expected "
-        "[1,C,H,W] or [1,H,W,C] with C 1 or 3 and fixed H, W; add edgecam.preprocessing to metadata_props"
-    )
+    except MetadataError as exc:
+        raise ModelLoadError(str(exc)) from None

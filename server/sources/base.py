@@ -23,7 +23,19 @@ class SourceError(Exception):
 
 
 class SourceConfig(BaseModel):
+    """A source kind's typed options; `kind` (a Literal with a default in each subclass) is the key
+    the registry, the CLI's `KIND:KEY=VALUE,...` form and a YAML `source: {kind: ...}` mapping use."""
+
     kind: str
+    # The strings this kind reads without a `KIND:` prefix, for error messages ("" for none).
+    bare_forms: ClassVar[str] = ""
+    # True: `from_bare` takes any string of its forms (OpenCV: any URL), so the other kinds are asked first.
+    bare_fallback: ClassVar[bool] = False
+
+    @classmethod
+    def from_bare(cls, spec: str) -> SourceConfig | None:
+        """This kind's config for a source string it recognises by its form (a URL, a device), else None."""
+        return None
 
 
 class FrameSource(abc.ABC):
@@ -75,6 +87,11 @@ def register_source(
 
 def registered_kinds() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def registered_configs() -> dict[str, type[SourceConfig]]:
+    """kind -> config class of every registered source, sorted by kind."""
+    return {kind: _REGISTRY[kind][0] for kind in sorted(_REGISTRY)}
 
 
 def create_source(config: SourceConfig) -> FrameSource:

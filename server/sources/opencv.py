@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,18 @@ class OpenCVSourceConfig(SourceConfig):
     # honours it for RTSP and HTTP MJPEG; after it fires the capture is dead and must be reopened.
     read_timeout_s: float = Field(default=5.0, gt=0)
     realtime: bool = True  # files: pace at their native fps, like a camera would deliver them
+
+    bare_fallback: ClassVar[bool] = True  # any URL: FFmpeg knows more schemes than edgecam could list
+    bare_forms: ClassVar[str] = (
+        "rtsp://..., http(s)://..., /dev/videoN, a device index N, or a video file path"
+    )
+
+    @classmethod
+    def from_bare(cls, spec: str) -> OpenCVSourceConfig | None:
+        """URLs and devices by their form; a path only when the file exists (else the error says so)."""
+        if source_type(spec) != "file" or Path(spec).is_file():
+            return cls(uri=spec)
+        return None
 
 
 def redact(uri: str) -> str:

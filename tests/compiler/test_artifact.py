@@ -12,11 +12,11 @@ from edgecam.compiler.artifact import (
     ArtifactError,
     Manifest,
     TargetInfo,
-    TensorSpec,
     host_cpu_features,
     load_artifact,
     write_artifact,
 )
+from edgecam.model import TensorSpec
 from edgecam.preprocessing import Preprocessing
 
 

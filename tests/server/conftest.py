@@ -7,7 +7,6 @@ sample right and the online-accuracy metric has an exact expected value.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from edgecam.model import metadata_props
+from edgecam.postprocessing import Postprocessing
+from edgecam.preprocessing import Preprocessing
 from edgecam.server.app import EdgecamServer
 from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.settings import ServerSettings
@@ -61,15 +63,9 @@ def build_tiny_onnx(path: Path, metadata: bool = True, probs_output: bool = Fals
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9  # what onnxruntime and TVM's frontend both read
     if metadata:
-        helper.set_model_props(
-            model,
-            {
-                "edgecam.model_name": "tiny",
-                "edgecam.preprocessing": json.dumps({"height": 28, "width": 28, "color": "GRAY"}),
-                "edgecam.postprocessing": json.dumps({"output": "logits", "apply_softmax": True, "top_k": 3}),
-                "edgecam.labels": json.dumps(LABELS),
-            },
-        )
+        pre = Preprocessing(height=28, width=28, color="GRAY")
+        post = Postprocessing(output="logits", apply_softmax=True, top_k=3)
+        helper.set_model_props(model, metadata_props("tiny", pre, post, LABELS))
     onnx.save(model, str(path))
     return path
 

@@ -19,7 +19,7 @@ from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline, PipelineOptions
 from edgecam.server.runtime import load_model
 from edgecam.server.runtime.base import LoadedModel
-from edgecam.server.sources import OpenCVSource, OpenCVSourceConfig
+from edgecam.server.sources.opencv import OpenCVSource, OpenCVSourceConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from reliability.mjpeg_camera import MjpegCamera

@@ -16,7 +16,9 @@ from edgecam.server.metrics import EdgecamMetrics
 from edgecam.server.pipeline import CameraPipeline, PipelineOptions, Prediction
 from edgecam.server.runtime import load_model
 from edgecam.server.runtime.base import LoadedModel
-from edgecam.server.sources import Frame, FrameSource, OpenCVSourceConfig, SyntheticSourceConfig
+from edgecam.server.sources import Frame, FrameSource
+from edgecam.server.sources.opencv import OpenCVSourceConfig
+from edgecam.server.sources.synthetic import SyntheticSourceConfig
 
 FAST = PipelineOptions(backoff_initial_s=0.05, backoff_max_s=0.2, stall_reads=2)
 

@@ -118,3 +118,32 @@ def test_camera_inference_rate_cap_comes_from_settings(
     finally:
         server.stop()
     assert 3.5 < rate < 6.5, f"{rate:.1f} predictions/s with max_fps=5 on a 60 fps camera"
+
+
+def test_a_settings_file_with_a_typed_source_serves_with_env_and_flag_overrides(
+    onnx_builder: Callable[..., Path], samples_npz: Path, tmp_path: Path
+) -> None:
+    """`edgecam serve --config`: a camera whose source is a mapping of typed options, the file's
+    nested `cameras` replaced from the environment, a flag over both, in one real server process."""
+    model = onnx_builder(tmp_path / "tiny.onnx")
+    config = tmp_path / "edgecam.yaml"
+    config.write_text(f"models:\n  - path: {model}\ncameras:\n  - name: file\n    source: synthetic\n")
+    source = {"kind": "synthetic", "fps": 30, "seed": 4, "size": 56, "samples": str(samples_npz)}
+    env = {"EDGECAM_CAMERAS": json.dumps([{"name": "typed", "source": source}])}
+    server = launch(["--config", str(config), "--camera", "flagged=synthetic:fps=5"], env=env)
+    try:
+        with EdgecamClient(server.grpc_address) as client:
+            # Flags override the file and the environment: the --camera list replaces theirs.
+            assert [c.name for c in client.cameras()] == ["flagged"]
+    finally:
+        assert server.stop() == 0, "\n".join(server.log)
+    server = launch(["--config", str(config)], env=env)
+    try:
+        with EdgecamClient(server.grpc_address) as client:
+            (camera,) = client.cameras()
+            assert camera.name == "typed" and "seed=4" in camera.source and "size=56" in camera.source
+            predictions = [p for _, p in zip(range(5), client.stream("typed"), strict=False)]
+    finally:
+        assert server.stop() == 0, "\n".join(server.log)
+    # The tiny model classifies every sample right: the samples file from the mapping was used.
+    assert all(p.label is not None and p.top_k[0].index == p.label for p in predictions)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edgecam.client.client import EdgecamClient
-from edgecam.compiler.artifact import Manifest, TargetInfo, TensorSpec, write_artifact
+from edgecam.compiler.artifact import Manifest, TargetInfo, write_artifact
+from edgecam.model import TensorSpec
 from edgecam.preprocessing import Preprocessing
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecam.compiler.artifact import Manifest, TargetInfo, TensorSpec, write_artifact
+from edgecam.compiler.artifact import Manifest, TargetInfo, write_artifact
+from edgecam.model import TensorSpec
 from edgecam.preprocessing import Preprocessing
 from edgecam.server.errors import ModelLoadError
 from edgecam.server.runtime.tvm import TvmRuntime, _check_compute_capability

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgecam.compiler.artifact import Manifest, TargetInfo, TensorSpec, write_artifact
+from edgecam.compiler.artifact import Manifest, TargetInfo, write_artifact
+from edgecam.model import TensorSpec
 from edgecam.preprocessing import Preprocessing
 from edgecam.server.errors import ModelLoadError
 from edgecam.server.metrics import EdgecamMetrics

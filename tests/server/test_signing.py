@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgecam.compiler.artifact import MANIFEST_NAME, Manifest, TargetInfo, TensorSpec, write_artifact
+from edgecam.compiler.artifact import MANIFEST_NAME, Manifest, TargetInfo, write_artifact
+from edgecam.model import TensorSpec
 from edgecam.preprocessing import Preprocessing
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.inference import grpc_service_pb2_grpc as oip_grpc

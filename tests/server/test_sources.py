@@ -11,15 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecam.server.sources import (
-    OpenCVSource,
-    OpenCVSourceConfig,
-    SourceError,
-    SyntheticSourceConfig,
-    create_source,
-    parse_source,
-    registered_kinds,
-)
+from edgecam.server.sources import SourceError, create_source, parse_source, registered_kinds
+from edgecam.server.sources.opencv import OpenCVSource, OpenCVSourceConfig
+from edgecam.server.sources.synthetic import SyntheticSourceConfig
 
 
 def _free_port() -> int:
