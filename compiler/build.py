@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,7 @@ def compile_model(
     weight_coding: WeightCoding | None = None,
     tuned: bool = True,
     sign_key: Ed25519PrivateKey | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Artifact:
     """Compile an ONNX model for `target` and write a verified artifact to `out_dir`.
 
@@ -77,12 +78,13 @@ def compile_model(
     (verify.model_tolerance: 1e-4 for a float model, a few quantization steps for an int8 one).
     A codec the runtime cannot decode is refused (InvalidOptionError).
     With `sign_key` the artifact's manifest is signed (edgecam/signing.py).
+    `input_shapes` sizes the model's open input dimensions (an open batch is 1 without it).
     Raises CompilerError subclasses; on any failure nothing is written.
     """
     _check_options(tolerance, samples)
     builder = create_target(target, **(target_options or {}))
     on_step("import")
-    model = load_onnx(Path(model_path))
+    model = load_onnx(Path(model_path), input_shapes)
     coded = _coded_params(model, weight_coding) if weight_coding is not None else None
     mod = to_relax(model, coded.names if coded else ())
     if coded is not None:

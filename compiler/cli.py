@@ -41,6 +41,12 @@ def compile_command(
         help="Compute convolutions channels-last on CPUs; --no-channels-last builds the imported layout "
         "(the way out when a build error blames edgecam's channels-last rewrite).",
     ),
+    input_shape: list[str] = typer.Option(
+        None,
+        "--input-shape",
+        help="Sizes for an input's open dimensions, NAME=1,3,224,224 (repeatable); an open batch is 1 "
+        "without it.",
+    ),
 ) -> None:
     """Compile an ONNX model with TVM for a target and verify it against ONNX Runtime."""
     from rich.console import Console
@@ -48,8 +54,14 @@ def compile_command(
 
     from edgecam.compiler.build import STEPS, compile_model
     from edgecam.compiler.errors import CompilerError
+    from edgecam.compiler.frontends.open_dims import parse_input_shapes
 
     console = Console(stderr=True)
+    try:
+        input_shapes = parse_input_shapes(input_shape or [])
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     options: dict[str, object] = {"mcpu": mcpu} if mcpu else {}
     if mattr:
         options["mattr"] = mattr
@@ -78,6 +90,7 @@ def compile_command(
                 samples=samples,
                 on_step=on_step,
                 sign_key=_signing_key(sign_key),
+                input_shapes=input_shapes,
             )
         except (
             CompilerError,

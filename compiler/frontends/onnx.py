@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecam.compiler.errors import ModelImportError
+from edgecam.compiler.frontends.open_dims import fix_open_dims
 from edgecam.model import MetadataError, ModelDescription, TensorSpec, check_preprocessing, describe
 from edgecam.postprocessing import Postprocessing
 from edgecam.preprocessing import Preprocessing
@@ -64,8 +65,12 @@ class OnnxModel:
         return self.description.labels
 
 
-def load_onnx(path: Path) -> OnnxModel:
-    """Read an ONNX file and its edgecam metadata; refuse what the compiler cannot build yet."""
+def load_onnx(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> OnnxModel:
+    """Read an ONNX file and its edgecam metadata; refuse what the compiler cannot build yet.
+
+    Open input dimensions get sizes (compiler/frontends/open_dims.py): an open batch becomes 1, the
+    others come from `input_shapes` ({input name: dims}).
+    """
     import onnx
 
     path = Path(path)
@@ -76,6 +81,7 @@ def load_onnx(path: Path) -> OnnxModel:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises several unrelated types for unreadable files
         raise ModelImportError(f"{path} is not a valid ONNX model: {exc}") from exc
+    fix_open_dims(proto, path, input_shapes or {})
     inputs, outputs = tensor_specs(proto, path)
     metadata = {p.key: p.value for p in proto.metadata_props}
     try:
@@ -104,7 +110,7 @@ def _spec(value: Any, path: Path) -> TensorSpec:
     if any(d < 0 for d in dims):  # 0 is a static size: an empty tensor
         raise ModelImportError(
             f"{path}: tensor {value.name!r} has dynamic shape {dims}; edgecam compiles static shapes only "
-            "(export with fixed sizes, e.g. batch 1)"
+            "(size the inputs with --input-shape, or export with fixed sizes)"
         )
     datatype = _ONNX_TO_KSERVE.get(tensor.elem_type)
     if datatype is None:

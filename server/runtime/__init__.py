@@ -68,8 +68,16 @@ def _rss() -> int:
 def _warm_up(model: LoadedModel) -> None:
     """One run on zeros: allocates the workspace now, not on the first camera frame, and proves it runs."""
     from edgecam.datatypes import to_numpy
+    from edgecam.model import produced_shape
 
-    feeds = {spec.name: np.zeros(spec.shape, to_numpy(spec.datatype)) for spec in model.inputs}
+    # An open dimension (a plain .onnx file's batch or image size) gets what a camera will feed:
+    # the preprocessed frame's size for the image input, 1 elsewhere.
+    frame = produced_shape(model.preprocessing)
+    feeds = {}
+    for index, spec in enumerate(model.inputs):
+        sizes = frame if index == 0 and len(spec.shape) == len(frame) else [1] * len(spec.shape)
+        shape = [size if d < 0 else d for d, size in zip(spec.shape, sizes, strict=True)]
+        feeds[spec.name] = np.zeros(shape, to_numpy(spec.datatype))
     try:
         model.runtime.run(feeds)
     except Exception as exc:  # a model that cannot run at all must not be served

@@ -93,15 +93,6 @@ def test_failed_compile_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_dynamic_shapes_are_refused_with_the_reason(
-    make_convnet: Callable[..., Path], tmp_path: Path
-) -> None:
-    dynamic = make_convnet("dyn.onnx", batch="N")
-    with pytest.raises(ModelImportError) as caught:
-        compile_model(dynamic, "x86_64", tmp_path / "out")
-    assert "static shapes" in str(caught.value) and "image" in str(caught.value)
-
-
 def test_metadata_falls_back_to_the_input_shape(make_convnet: Callable[..., Path]) -> None:
     model = load_onnx(make_convnet("plain.onnx", metadata=False))
     assert model.name == "plain"
