@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from edgecam.server.sources.base import Frame, FrameSource, SourceConfig, SourceError, register_source
+from edgecam.server.sources.preflight import check_answers
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DEVICE = re.compile(r"^(?:/dev/video)?(\d+)$")
@@ -82,6 +83,8 @@ class OpenCVSource(FrameSource):
         self._next_at = time.monotonic()
 
     def _open_stream(self, cv2: Any) -> Any:
+        # OpenCV opens under one process-wide lock: a camera that does not answer must not get it.
+        check_answers(self.config.uri, redact(self.config.uri), self.config.open_timeout_s)
         # Without these FFmpeg waits ~30 s on an unreachable host and forever on a silent one.
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
