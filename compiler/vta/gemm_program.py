@@ -99,29 +99,35 @@ def check_tiling(layer: GemmLayer, tiling: Tiling, config: VTAConfig) -> None:
         )
 
 
-def choose_tiling(layer: GemmLayer, config: VTAConfig) -> Tiling:
-    """The tiling that moves the fewest DRAM bytes (A is read once per column of tiles, B once per row),
-    larger reduction steps breaking ties."""
+def tilings(layer: GemmLayer, config: VTAConfig) -> list[tuple[int, Tiling]]:
+    """Every tiling that fits `config`, with the DRAM bytes it moves (A is read once per column of
+    tiles, B once per row), fewest bytes first and larger reduction steps breaking ties."""
     mb, kb, nb = _blocks(layer, config)
-    best: tuple[tuple[int, int], Tiling] | None = None
+    found = []
     for tm, tk, tn in product(_divisors(mb), _divisors(kb), _divisors(nb)):
         tiling = Tiling(tm, tk, tn)
         try:
             check_tiling(layer, tiling, config)
         except VTAProgramError:
             continue
-        moved = mb * kb * config.element_bytes("INP") * (nb // tn) + nb * kb * config.element_bytes("WGT") * (
-            mb // tm
-        )
-        key = (moved, -tk)
-        if best is None or key < best[0]:
-            best = (key, tiling)
-    if best is None:  # say why the tiling with the most output blocks and the least reduction fails
+        moved = mb * kb * config.element_bytes("INP") * (nb // tn)
+        moved += nb * kb * config.element_bytes("WGT") * (mb // tm)
+        found.append((moved, -tk, tiling))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [(moved, tiling) for moved, _, tiling in found]
+
+
+def choose_tiling(layer: GemmLayer, config: VTAConfig) -> Tiling:
+    """The tiling that moves the fewest DRAM bytes; when none fits, the reason the one with the most
+    output blocks and the least reduction does not."""
+    found = tilings(layer, config)
+    if not found:
+        mb, _, nb = _blocks(layer, config)
         check_tiling(layer, Tiling(mb, 1, nb), config)
         raise VTAProgramError(
             f"no tiling of GEMM m={layer.m}, k={layer.k}, n={layer.n} fits this VTA configuration"
         )
-    return best[1]
+    return found[0][1]
 
 
 def _divisors(n: int) -> list[int]:

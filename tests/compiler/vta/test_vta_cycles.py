@@ -103,3 +103,13 @@ def test_the_model_reports_a_deadlock_as_the_simulator_does() -> None:
     program[at] = replace(program[at], pop_prev_dep=False)
     with pytest.raises(VTADeadlockError, match="extra tokens at the end of the program: l2g"):
         estimate(program, PYNQ)
+
+
+def test_the_example_in_docs_vta_md_runs() -> None:
+    """docs/vta.md's usage example is code users copy: it must keep working."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "vta.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    exec(compile(code, "docs/vta.md", "exec"), {})
