@@ -256,3 +256,12 @@ def test_an_unknown_preset_lists_the_valid_ones() -> None:
         VTAConfigError, match="unknown VTA board preset 'pynq-z2': choose one of pynq, ultra96, zcu104"
     ):
         preset("pynq-z2")
+
+
+def test_a_bad_board_preset_is_refused_naming_the_field() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(VTAConfigError, match="board preset pynq: axi_bits=48"):
+        replace(preset("pynq"), axi_bits=48)
+    with pytest.raises(VTAConfigError, match="board preset pynq: clock_mhz=0"):
+        replace(preset("pynq"), clock_mhz=0)

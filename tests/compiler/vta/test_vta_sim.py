@@ -238,3 +238,21 @@ def test_a_program_without_finish_or_with_work_after_it_is_refused() -> None:
         VTASimError, match=r"instruction 1 \(LOAD UOP\) on the compute module runs after FINISH"
     ):
         Simulator(CONFIG, dram).run_program([Finish(), Load(memory_type=MemType.UOP)])
+
+
+def test_a_misplaced_token_shows_as_a_race_under_some_interleaving() -> None:
+    """Tokens that balance but guard the wrong instruction: the third INP load no longer waits for
+    compute to finish reading that half (its pop moves to the WGT load after it). Some module orders
+    give the right result, others let the load overwrite data compute has not read yet."""
+    layer = GemmLayer(16, 32, 48, shift=8)
+    results = set()
+    for seed in range(12):
+        program, dram, operands = _prepared(layer, Tiling(2, 1, 3))
+        insns = list(program.insns)
+        at = _index(insns, Load, memory_type=MemType.INP, pop_next_dep=True)
+        insns[at] = replace(insns[at], pop_next_dep=False)
+        assert isinstance(insns[at + 1], Load) and insns[at + 1].memory_type is MemType.WGT
+        insns[at + 1] = replace(insns[at + 1], pop_next_dep=True)
+        _run(program, dram, insns, seed=seed)
+        results.add(np.array_equal(read_output(program, CONFIG, dram), reference(layer, *operands)))
+    assert results == {True, False}
