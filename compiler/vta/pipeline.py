@@ -34,11 +34,16 @@ _PUSHES: dict[str, dict[str, str | None]] = {
     "compute": {"push_prev_dep": "g2l", "push_next_dep": "g2s"},
     "store": {"push_prev_dep": "s2g", "push_next_dep": None},
 }
-# The HLS design's dependency FIFOs are 1024 deep: a push into a full one blocks its module.
+# The HLS design's dependency FIFOs are 1024 deep: a push into a full one blocks its module. Its
+# command queues (fetch → load, compute, store) are 512 deep: fetch blocks on a full one, and the
+# instructions behind it in the stream reach no module until it drains.
 TOKEN_CAPACITY = 1024
+COMMAND_QUEUE_DEPTH = 512
 
 # (module, index in the stream, instruction, start time) → end time.
 Step = Callable[[str, int, Insn, float], float]
+# A fetched instruction: index in the stream, the instruction, the queues it pops and pushes.
+_Entry = tuple[int, Insn, list[str], list[str]]
 
 
 def module_of(insn: Insn) -> str:
@@ -83,21 +88,27 @@ class Timeline:
 
 def run(program: Sequence[Insn], step: Step, choose: Callable[[list[str]], str] | None = None) -> Timeline:
     """Run `program` through the load, compute and store modules, each in order, an instruction starting
-    once every queue it pops holds a token (at the earliest time one does). `choose` picks among
-    modules ready at the same time (the simulator varies it to expose races). A module that waits
-    forever is a deadlock, tokens left at the end are extra pushes: both raise VTADeadlockError."""
-    pending: dict[str, deque[tuple[int, Insn, list[str], list[str]]]] = {m: deque() for m in MODULES}
+    once every queue it pops holds a token (at the earliest time one does). The fetch module hands
+    instructions out in stream order and waits while the module's command queue is full. `choose`
+    picks among modules ready at the same time (the simulator varies it to expose races). A module
+    that waits forever is a deadlock, tokens left at the end are extra pushes: both raise
+    VTADeadlockError."""
+    decoded = []
     for index, insn in enumerate(program):
         module = module_of(insn)
         pops, pushes = (
             _flags(insn, _POPS[module], module, index),
             _flags(insn, _PUSHES[module], module, index),
         )
-        pending[module].append((index, insn, pops, pushes))
+        decoded.append((module, (index, insn, pops, pushes)))
+    pending: dict[str, deque[_Entry]] = {m: deque() for m in MODULES}
     tokens: dict[str, deque[float]] = {q: deque() for q in QUEUES}
     free = dict.fromkeys(MODULES, 0.0)
-    timeline, finished = Timeline(), None
+    timeline, finished, fetched = Timeline(), None, 0
     while True:
+        while fetched < len(decoded) and len(pending[decoded[fetched][0]]) < COMMAND_QUEUE_DEPTH:
+            pending[decoded[fetched][0]].append(decoded[fetched][1])
+            fetched += 1
         ready: dict[str, float] = {}
         for module in MODULES:
             if pending[module]:
@@ -113,8 +124,7 @@ def run(program: Sequence[Insn], step: Step, choose: Callable[[list[str]], str] 
         if finished is not None:
             raise VTASimError(
                 f"{describe(index, insn)} on the {module} module runs after FINISH ({describe(*finished)}), "
-                "when the "
-                "driver has already returned: end the stream with the token sequence in docs/vta.md"
+                "when the driver has already returned: end the stream with the token sequence in docs/vta.md"
             )
         for q in pops:
             tokens[q].popleft()
@@ -126,7 +136,8 @@ def run(program: Sequence[Insn], step: Step, choose: Callable[[list[str]], str] 
             tokens[q].append(end)
         if insn.OPCODE.name == "FINISH":
             finished, timeline.end = (index, insn), end
-    _check_end(pending, tokens, finished)
+    unfetched = decoded[fetched] if fetched < len(decoded) else None
+    _check_end(pending, tokens, finished, unfetched)
     return timeline
 
 
@@ -135,9 +146,10 @@ def _route(queue: str) -> str:
 
 
 def _check_end(
-    pending: dict[str, deque[tuple[int, Insn, list[str], list[str]]]],
+    pending: dict[str, deque[_Entry]],
     tokens: dict[str, deque[float]],
     finished: tuple[int, Insn] | None,
+    unfetched: tuple[str, _Entry] | None,
 ) -> None:
     waits = []
     for module in MODULES:
@@ -151,8 +163,17 @@ def _check_end(
                 + ", ".join(q for q in pushes if len(tokens[q]) >= TOKEN_CAPACITY)
             )
             waits.append(f"the {module} module waits at {describe(index, insn)} for {why}")
+    if unfetched is not None:
+        module, (index, insn, _, _) = unfetched
+        waits.append(
+            f"the fetch module waits at {describe(index, insn)} for room in the full {module} command queue "
+            f"({COMMAND_QUEUE_DEPTH} instructions)"
+        )
     if waits:
-        raise VTADeadlockError(f"deadlock: {'; '.join(waits)}; a push is missing or a pop is extra")
+        hint = "a push is missing or a pop is extra"
+        if unfetched is not None:
+            hint += f", or the stream runs more than {COMMAND_QUEUE_DEPTH} instructions of one module ahead"
+        raise VTADeadlockError(f"deadlock: {'; '.join(waits)}; {hint}")
     extra = [f"{q} ({_route(q)}) holds {len(tokens[q])}" for q in QUEUES if tokens[q]]
     if extra:
         raise VTADeadlockError(

@@ -95,6 +95,9 @@ class Simulator:
         self.acc = np.zeros((config.depth("ACC"), b, n), np.int32)
         self.out = np.zeros((config.depth("OUT"), b, n), np.int8)
         self.uop = np.zeros((3, config.depth("UOP")), np.int64)  # dst, src, wgt per micro-op
+        # OUT elements last written by a reset GEMM: HLS leaves the pre-reset sum there, VTA's own
+        # simulator zero, so a STORE of one is refused as not portable.
+        self.out_stale = np.zeros(config.depth("OUT"), bool)
         self.counters = Counters()
 
     def run_program(self, program: Sequence[Insn]) -> pipeline.Timeline:
@@ -194,6 +197,12 @@ class Simulator:
             )
         size = self.config.element_bytes("OUT")
         self._check_sram("OUT", insn.sram_base, insn.y_size * insn.x_size, where)
+        stale = np.flatnonzero(self.out_stale[insn.sram_base : insn.sram_base + insn.y_size * insn.x_size])
+        if stale.size:
+            raise VTASimError(
+                f"{where}: OUT element {insn.sram_base + int(stale[0])} was last written by a reset GEMM, "
+                "whose OUT value differs between the HLS design and VTA's simulator; store after GEMM or ALU"
+            )
         elements = self._dram_elements(insn, size, where)
         self.counters.store_bytes["OUT"] += elements.size * size
         if self.execute:
@@ -225,6 +234,7 @@ class Simulator:
     def _gemm(self, insn: Gemm, where: str) -> None:
         dst, src, wgt = self._indices(insn, where)
         self._check_index("ACC", dst, "dst", where)
+        self.out_stale[dst] = bool(insn.reset_reg)
         if insn.reset_reg:
             self.counters.gemm_reset_uops += dst.size
             if self.execute:
@@ -266,6 +276,7 @@ class Simulator:
         if not insn.use_imm:
             self._check_index("ACC", src, "src", where)
         self.counters.alu_uops += dst.size
+        self.out_stale[dst] = False
         if insn.alu_opcode is AluOp.SHR:
             amounts = np.array([insn.imm]) if insn.use_imm else self.acc[src]
             if np.any(

@@ -122,10 +122,10 @@ def test_a_dropped_token_is_a_deadlock_naming_module_and_queue() -> None:
 def test_a_dropped_pop_leaves_an_extra_token() -> None:
     program, dram, _ = _prepared(GemmLayer(16, 32, 48, shift=6), Tiling(2, 1, 3))
     insns = list(program.insns)
-    at = _index(insns, Store)
-    insns[at] = replace(insns[at], pop_prev_dep=False)
+    at = _index(insns, Gemm, reset_reg=False)
+    insns[at] = replace(insns[at], pop_prev_dep=False)  # the first multiply no longer waits for its data
     with pytest.raises(
-        VTADeadlockError, match=r"extra tokens at the end of the program: g2s \(compute→store\) holds 1"
+        VTADeadlockError, match=r"extra tokens at the end of the program: l2g \(load→compute\) holds 1"
     ):
         _run(program, dram, insns)
 
@@ -256,3 +256,41 @@ def test_a_misplaced_token_shows_as_a_race_under_some_interleaving() -> None:
         _run(program, dram, insns, seed=seed)
         results.add(np.array_equal(read_output(program, CONFIG, dram), reference(layer, *operands)))
     assert results == {True, False}
+
+
+@pytest.mark.parametrize(("extra_loads", "deadlocks"), [(511, False), (512, True)])
+def test_fetch_blocks_on_a_full_command_queue(extra_loads: int, deadlocks: bool) -> None:
+    """The first load waits for a token from a compute instruction behind `extra_loads` more loads in
+    the stream: with 512 loads ahead of it, the load command queue is full, fetch never delivers the
+    compute instruction, and the hardware would hang."""
+    program: list[Insn] = [
+        Load(pop_next_dep=True, memory_type=MemType.INP),
+        *[Load(memory_type=MemType.INP)] * (extra_loads - 1),
+        Load(push_next_dep=True, memory_type=MemType.INP),
+        Load(push_prev_dep=True, memory_type=MemType.UOP),  # compute no-op: tells load it may go
+        Load(pop_prev_dep=True, memory_type=MemType.UOP),  # ... and waits for the last load
+        Finish(),
+    ]
+    sim = Simulator(CONFIG, Dram(1 << 20))
+    if not deadlocks:
+        assert sim.run_program(program).executed == {"load": 1 + extra_loads, "compute": 3, "store": 0}
+        return
+    with pytest.raises(
+        VTADeadlockError,
+        match=r"the fetch module waits at instruction 512 \(LOAD INP\) for room in the full load command",
+    ):
+        sim.run_program(program)
+
+
+def test_storing_out_written_by_a_reset_gemm_is_refused() -> None:
+    dram = Dram(1 << 20)
+    out = dram.alloc(16)
+    body: list[Insn] = [
+        Gemm(uop_bgn=0, uop_end=1, reset_reg=True, push_next_dep=True),
+        Store(pop_prev_dep=True, push_prev_dep=True, dram_base=out // 16, y_size=1, x_size=1, x_stride=1),
+        Load(pop_next_dep=True, memory_type=MemType.UOP),
+    ]
+    with pytest.raises(
+        VTASimError, match=r"instruction 2 \(STORE OUT\): OUT element 0 was last written by a reset"
+    ):
+        Simulator(CONFIG, dram).run_program(_tiny(dram, body, [Uop(0, 0)]))
