@@ -149,6 +149,73 @@ class _Kernels:
         return self._ranges[kernel]
 
 
+@dataclass
+class _Plan:
+    """The instructions of one layer's tiles: where each tile's data lies in DRAM and in the buffer
+    halves. INP/WGT alternate halves per reduction step, ACC/OUT per output tile; the bias follows the
+    two ACC halves."""
+
+    layer: GemmLayer
+    config: VTAConfig
+    t: Tiling
+    addr: dict[str, int]
+    kernels: _Kernels = field(default_factory=_Kernels)
+
+    @property
+    def kb(self) -> int:
+        return self.layer.k // self.config.block
+
+    @property
+    def nb(self) -> int:
+        return self.layer.n // self.config.block
+
+    def _elem(self, name: str, memory: str) -> int:
+        return self.addr[name] // self.config.element_bytes(memory)
+
+    def acc_base(self, tile: int) -> int:
+        return tile % 2 * self.t.tm * self.t.tn
+
+    @property
+    def bias_base(self) -> int:
+        return 2 * self.t.tm * self.t.tn
+
+    def load_bias(self) -> Load:
+        nb = self.nb
+        return Load(memory_type=MemType.ACC, sram_base=self.bias_base, dram_base=self._elem("bias", "ACC"),
+                    y_size=1, x_size=nb, x_stride=nb)  # fmt: skip
+
+    def step(self, step: int, steps: int, tile: int, mt: int, nt: int, kc: int) -> list[Insn]:
+        """Reduction step `kc` of tile (mt, nt): load its INP and WGT blocks into half step % 2, reset the
+        tile's accumulators first if kc is 0, multiply."""
+        t, kb, h, acc = self.t, self.kb, step % 2, self.acc_base(tile)
+        insns: list[Insn] = [
+            # A half may be overwritten once compute has finished the step two before, which read it.
+            Load(pop_next_dep=step >= 2, memory_type=MemType.INP, sram_base=h * t.tm * t.tk,
+                 dram_base=self._elem("inp", "INP") + mt * t.tm * kb + kc * t.tk,
+                 y_size=t.tm, x_size=t.tk, x_stride=kb),
+            Load(push_next_dep=True, memory_type=MemType.WGT, sram_base=h * t.tn * t.tk,
+                 dram_base=self._elem("wgt", "WGT") + nt * t.tn * kb + kc * t.tk,
+                 y_size=t.tn, x_size=t.tk, x_stride=kb),
+        ]  # fmt: skip
+        if kc == 0:  # the first write to this ACC half waits until the tile two before is stored
+            bgn, end = self.kernels.span((Uop(acc, 0, 0),))
+            insns.append(Gemm(pop_next_dep=tile >= 2, reset_reg=True, uop_bgn=bgn, uop_end=end,
+                              iter_out=t.tm, iter_in=t.tn, dst_factor_out=t.tn, dst_factor_in=1))  # fmt: skip
+        # Reduction outermost, so consecutive steps write different ACC elements (no pipeline hazard).
+        mac = tuple(Uop(acc + n, h * t.tm * t.tk, h * t.tn * t.tk + n * t.tk) for n in range(t.tn))
+        bgn, end = self.kernels.span(mac)
+        insns.append(Gemm(pop_prev_dep=True, push_prev_dep=step + 2 < steps, uop_bgn=bgn, uop_end=end,
+                          iter_out=t.tk, iter_in=t.tm, src_factor_out=1, src_factor_in=t.tk,
+                          wgt_factor_out=1, dst_factor_in=t.tn))  # fmt: skip
+        return insns
+
+    def store(self, tile: int, tiles: int, mt: int, nt: int) -> Store:
+        t, nb = self.t, self.nb
+        return Store(pop_prev_dep=True, push_prev_dep=tile + 2 < tiles, sram_base=self.acc_base(tile),
+                     dram_base=self._elem("out", "OUT") + mt * t.tm * nb + nt * t.tn,
+                     y_size=t.tm, x_size=t.tn, x_stride=nb)  # fmt: skip
+
+
 def gemm_program(
     layer: GemmLayer, config: VTAConfig, dram: Dram, tiling: Tiling | None = None
 ) -> GemmProgram:
@@ -164,109 +231,28 @@ def gemm_program(
         "bias": dram.alloc(nb * size("ACC")),
         "out": dram.alloc(mb * nb * size("OUT")),
     }
-    kernels = _Kernels()
-    acc_base, bias_base = (0, t.tm * t.tn), 2 * t.tm * t.tn
-    insns: list[Insn] = [
-        Load(
-            memory_type=MemType.ACC,
-            sram_base=bias_base,
-            dram_base=addr["bias"] // size("ACC"),
-            y_size=1,
-            x_size=nb,
-            x_stride=nb,
-        )
-    ]
+    plan = _Plan(layer, config, t, addr)
+    insns: list[Insn] = [plan.load_bias()]
     tiles = list(product(range(mb // t.tm), range(nb // t.tn)))
-    steps, kc_count, step = len(tiles) * (kb // t.tk), kb // t.tk, 0
+    steps = len(tiles) * (kb // t.tk)
     for tile, (mt, nt) in enumerate(tiles):
-        a = tile % 2
-        for kc in range(kc_count):
-            h = step % 2
-            insns.append(
-                Load(
-                    pop_next_dep=step >= 2,
-                    memory_type=MemType.INP,
-                    sram_base=h * t.tm * t.tk,
-                    dram_base=addr["inp"] // size("INP") + mt * t.tm * kb + kc * t.tk,
-                    y_size=t.tm,
-                    x_size=t.tk,
-                    x_stride=kb,
-                )
-            )
-            insns.append(
-                Load(
-                    push_next_dep=True,
-                    memory_type=MemType.WGT,
-                    sram_base=h * t.tn * t.tk,
-                    dram_base=addr["wgt"] // size("WGT") + nt * t.tn * kb + kc * t.tk,
-                    y_size=t.tn,
-                    x_size=t.tk,
-                    x_stride=kb,
-                )
-            )
-            if kc == 0:  # the first write to this ACC half must wait until its previous tile is stored
-                bgn, end = kernels.span((Uop(acc_base[a], 0, 0),))
-                insns.append(
-                    Gemm(
-                        pop_next_dep=tile >= 2,
-                        reset_reg=True,
-                        uop_bgn=bgn,
-                        uop_end=end,
-                        iter_out=t.tm,
-                        iter_in=t.tn,
-                        dst_factor_out=t.tn,
-                        dst_factor_in=1,
-                    )
-                )
-            # Reduction outermost, so consecutive steps write different ACC elements (no pipeline hazard).
-            mac = tuple(
-                Uop(acc_base[a] + n, h * t.tm * t.tk, h * t.tn * t.tk + n * t.tk) for n in range(t.tn)
-            )
-            bgn, end = kernels.span(mac)
-            insns.append(
-                Gemm(
-                    pop_prev_dep=True,
-                    push_prev_dep=step + 2 < steps,
-                    uop_bgn=bgn,
-                    uop_end=end,
-                    iter_out=t.tk,
-                    iter_in=t.tm,
-                    src_factor_out=1,
-                    src_factor_in=t.tk,
-                    wgt_factor_out=1,
-                    dst_factor_in=t.tn,
-                )
-            )
-            step += 1
-        insns += _requantize(layer, t, kernels, acc_base[a], bias_base + nt * t.tn)
-        insns.append(
-            Store(
-                pop_prev_dep=True,
-                push_prev_dep=tile + 2 < len(tiles),
-                sram_base=acc_base[a],
-                dram_base=addr["out"] // size("OUT") + mt * t.tm * nb + nt * t.tn,
-                y_size=t.tm,
-                x_size=t.tn,
-                x_stride=nb,
-            )
-        )
-    uop_bytes = encode_uops(kernels.uops, config)
-    addr["uop"] = dram.alloc(len(uop_bytes))
-    dram.write(addr["uop"], uop_bytes)
-    if len(kernels.uops) > config.depth("UOP"):
+        for kc in range(kb // t.tk):
+            insns += plan.step(tile * (kb // t.tk) + kc, steps, tile, mt, nt, kc)
+        insns += _requantize(layer, t, plan.kernels, plan.acc_base(tile), plan.bias_base + nt * t.tn)
+        insns.append(plan.store(tile, len(tiles), mt, nt))
+    uops = plan.kernels.uops
+    if len(uops) > config.depth("UOP"):
         raise VTAProgramError(
-            f"GEMM program needs {len(kernels.uops)} micro-ops, past the {config.depth('UOP')} the UOP "
+            f"GEMM program needs {len(uops)} micro-ops, past the {config.depth('UOP')} the UOP "
             "buffer holds; choose smaller tiles"
         )
-    load_uops = Load(
-        memory_type=MemType.UOP,
-        dram_base=addr["uop"] // size("UOP"),
-        y_size=1,
-        x_size=len(kernels.uops),
-        x_stride=len(kernels.uops),
-    )
+    uop_bytes = encode_uops(uops, config)
+    addr["uop"] = dram.alloc(len(uop_bytes))
+    dram.write(addr["uop"], uop_bytes)
+    load_uops = Load(memory_type=MemType.UOP, dram_base=addr["uop"] // size("UOP"), y_size=1,
+                     x_size=len(uops), x_stride=len(uops))  # fmt: skip
     tail = _end_of_stream(insns)  # may set a flag on the last store: before insns is copied
-    return GemmProgram(layer, t, [load_uops, *insns, *tail], kernels.uops, addr)
+    return GemmProgram(layer, t, [load_uops, *insns, *tail], uops, addr)
 
 
 def _requantize(layer: GemmLayer, t: Tiling, kernels: _Kernels, acc: int, bias: int) -> list[Insn]:
