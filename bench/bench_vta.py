@@ -173,15 +173,17 @@ def main() -> None:
         f"VTA convs of ResNet-18: {result['total_ms']:.2f} ms ({result['total_gops']:.2f} GOP/s) by the "
         f"model; published whole network on PYNQ: {PUBLISHED_MS} ms"
     )
-    targets = [
-        {
-            "name": "resnet18_vta_convs_model_ms",
-            "value": round(result["total_ms"], 3),
-            "op": "<=",
-            "bound": PUBLISHED_MS,
-            "unit": "ms",
-        },
-    ]
+    targets = []
+    if board.name == "pynq":  # the published figure is for a PYNQ-Z1; the VTA share cannot exceed it
+        targets.append(
+            {
+                "name": "resnet18_vta_convs_model_ms",
+                "value": round(result["total_ms"], 3),
+                "op": "<=",
+                "bound": PUBLISHED_MS,
+                "unit": "ms",
+            }
+        )
     if checked:
         targets += [
             {
@@ -235,7 +237,7 @@ def main() -> None:
         },
         "targets": targets,
     }
-    save_record("bench_vta", record)
+    save_record("bench_vta", record, suffix="" if board.name == "pynq" else f"-{board.name}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from edgecam.compiler.vta.config import VTAConfig
 from edgecam.compiler.vta.errors import VTADeadlockError, VTAProgramError, VTASimError
@@ -18,6 +20,7 @@ from edgecam.compiler.vta.gemm_program import (
     im2col,
     read_output,
     reference,
+    tilings,
     write_operands,
 )
 from edgecam.compiler.vta.isa import Alu, AluOp, Finish, Gemm, Insn, Load, MemType, Store, Uop, encode_uops
@@ -294,3 +297,24 @@ def test_storing_out_written_by_a_reset_gemm_is_refused() -> None:
         VTASimError, match=r"instruction 2 \(STORE OUT\): OUT element 0 was last written by a reset"
     ):
         Simulator(CONFIG, dram).run_program(_tiny(dram, body, [Uop(0, 0)]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(3, 40),
+    kb=st.integers(1, 5),
+    nb=st.integers(1, 4),
+    shift=st.integers(0, 15),
+    relu=st.booleans(),
+    pick=st.integers(0, 1000),
+    seed=st.integers(0, 3),
+)
+def test_any_small_layer_and_any_tiling_that_fits_is_bit_exact(
+    m: int, kb: int, nb: int, shift: int, relu: bool, pick: int, seed: int
+) -> None:
+    layer = GemmLayer(m, 16 * kb, 16 * nb, shift=shift, relu=relu)
+    fitting = tilings(layer, CONFIG)
+    assume(fitting)  # a 1-row, 1-block layer has no tiling free of the pipeline hazard
+    program, dram, operands = _prepared(layer, fitting[pick % len(fitting)][1])
+    _run(program, dram, seed=seed)
+    assert np.array_equal(read_output(program, CONFIG, dram), reference(layer, *operands))
