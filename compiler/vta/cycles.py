@@ -69,7 +69,7 @@ class _Timer:
         self.preset, self.port_free = preset, 0
         self.report = CycleReport(preset)
 
-    def step(self, module: str, index: int, insn: Insn, start: float) -> float:
+    def step(self, module: str, index: int, insn: Insn, start: float, clock: pipeline.Clock) -> float:
         if isinstance(insn, Load | Store):
             return self._memory(insn, int(start))
         if isinstance(insn, Gemm | Alu):

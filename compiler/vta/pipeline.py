@@ -40,8 +40,11 @@ _PUSHES: dict[str, dict[str, str | None]] = {
 TOKEN_CAPACITY = 1024
 COMMAND_QUEUE_DEPTH = 512
 
-# (module, index in the stream, instruction, start time) → end time.
-Step = Callable[[str, int, Insn, float], float]
+# A module's vector clock: for each module (in MODULES order), how many of its instructions happened
+# before this point, as far as the tokens popped so far tell. Instruction n of a module is its event n.
+Clock = tuple[int, int, int]
+# (module, index in the stream, instruction, start time, the module's clock at it) → end time.
+Step = Callable[[str, int, Insn, float, Clock], float]
 # A fetched instruction: index in the stream, the instruction, the queues it pops and pushes.
 _Entry = tuple[int, Insn, list[str], list[str]]
 
@@ -102,7 +105,10 @@ def run(program: Sequence[Insn], step: Step, choose: Callable[[list[str]], str] 
         )
         decoded.append((module, (index, insn, pops, pushes)))
     pending: dict[str, deque[_Entry]] = {m: deque() for m in MODULES}
-    tokens: dict[str, deque[float]] = {q: deque() for q in QUEUES}
+    # A token carries when it was pushed and the pusher's clock: the k-th pop of a FIFO is ordered
+    # after its k-th push, and so after everything that push's module had seen.
+    tokens: dict[str, deque[tuple[float, Clock]]] = {q: deque() for q in QUEUES}
+    clocks: dict[str, Clock] = dict.fromkeys(MODULES, (0, 0, 0))
     free = dict.fromkeys(MODULES, 0.0)
     timeline, finished, fetched = Timeline(), None, 0
     while True:
@@ -114,7 +120,7 @@ def run(program: Sequence[Insn], step: Step, choose: Callable[[list[str]], str] 
             if pending[module]:
                 _, _, pops, pushes = pending[module][0]
                 if all(tokens[q] for q in pops) and all(len(tokens[q]) < TOKEN_CAPACITY for q in pushes):
-                    ready[module] = max([free[module], *(tokens[q][0] for q in pops)])
+                    ready[module] = max([free[module], *(tokens[q][0][0] for q in pops)])
         if not ready:
             break
         start = min(ready.values())
@@ -126,14 +132,16 @@ def run(program: Sequence[Insn], step: Step, choose: Callable[[list[str]], str] 
                 f"{describe(index, insn)} on the {module} module runs after FINISH ({describe(*finished)}), "
                 "when the driver has already returned: end the stream with the token sequence in docs/vta.md"
             )
-        for q in pops:
-            tokens[q].popleft()
-        end = step(module, index, insn, start)
+        seen = [clocks[module], *(tokens[q].popleft()[1] for q in pops)]
+        own = MODULES.index(module)
+        merged = [max(c[i] for c in seen) + (i == own) for i in range(len(MODULES))]
+        clocks[module] = (merged[0], merged[1], merged[2])
+        end = step(module, index, insn, start, clocks[module])
         free[module] = end
         timeline.busy[module] += end - start
         timeline.executed[module] += 1
         for q in pushes:
-            tokens[q].append(end)
+            tokens[q].append((end, clocks[module]))
         if insn.OPCODE.name == "FINISH":
             finished, timeline.end = (index, insn), end
     unfetched = decoded[fetched] if fetched < len(decoded) else None
@@ -147,7 +155,7 @@ def _route(queue: str) -> str:
 
 def _check_end(
     pending: dict[str, deque[_Entry]],
-    tokens: dict[str, deque[float]],
+    tokens: dict[str, deque[tuple[float, Clock]]],
     finished: tuple[int, Insn] | None,
     unfetched: tuple[str, _Entry] | None,
 ) -> None:

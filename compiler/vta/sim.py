@@ -33,6 +33,7 @@ from edgecam.compiler.vta.isa import (
     encode_program,
 )
 from edgecam.compiler.vta.isa import layouts as isa_layouts
+from edgecam.compiler.vta.races import RaceChecker
 
 # Rows of a GEMM's flattened loop computed per numpy step: bounds the gathered weights to ~16 MiB.
 _GEMM_CHUNK = 16384
@@ -98,6 +99,7 @@ class Simulator:
         # OUT elements last written by a reset GEMM: HLS leaves the pre-reset sum there, VTA's own
         # simulator zero, so a STORE of one is refused as not portable.
         self.out_stale = np.zeros(config.depth("OUT"), bool)
+        self.races = RaceChecker(config)
         self.counters = Counters()
 
     def run_program(self, program: Sequence[Insn]) -> pipeline.Timeline:
@@ -113,8 +115,9 @@ class Simulator:
         choose = self._rng.choice if self._rng else None
         return pipeline.run(program, self._step, choose)
 
-    def _step(self, module: str, index: int, insn: Insn, start: float) -> float:
+    def _step(self, module: str, index: int, insn: Insn, start: float, clock: pipeline.Clock) -> float:
         where = pipeline.describe(index, insn)
+        self.races.at(index, clock)
         if isinstance(insn, Load):
             self._load(insn, where)
         elif isinstance(insn, Store):
@@ -162,6 +165,8 @@ class Simulator:
         cols, rows = insn.x_pad_0 + insn.x_size + insn.x_pad_1, insn.y_pad_0 + insn.y_size + insn.y_pad_1
         self._check_sram(kind.name, insn.sram_base, rows * cols, where)
         elements = self._dram_elements(insn, size, where)
+        if kind in (MemType.INP, MemType.WGT):
+            self.races.write(kind.name, np.arange(insn.sram_base, insn.sram_base + rows * cols), where)
         self.counters.load_bytes[kind.name] += elements.size * size
         if not self.execute:
             return
@@ -197,6 +202,7 @@ class Simulator:
             )
         size = self.config.element_bytes("OUT")
         self._check_sram("OUT", insn.sram_base, insn.y_size * insn.x_size, where)
+        self.races.read("OUT", np.arange(insn.sram_base, insn.sram_base + insn.y_size * insn.x_size), where)
         stale = np.flatnonzero(self.out_stale[insn.sram_base : insn.sram_base + insn.y_size * insn.x_size])
         if stale.size:
             raise VTASimError(
@@ -234,6 +240,7 @@ class Simulator:
     def _gemm(self, insn: Gemm, where: str) -> None:
         dst, src, wgt = self._indices(insn, where)
         self._check_index("ACC", dst, "dst", where)
+        self.races.write("OUT", dst, where)  # every GEMM step writes OUT, a reset one too
         self.out_stale[dst] = bool(insn.reset_reg)
         if insn.reset_reg:
             self.counters.gemm_reset_uops += dst.size
@@ -243,6 +250,8 @@ class Simulator:
             return
         self._check_index("INP", src, "src", where)
         self._check_index("WGT", wgt, "wgt", where)
+        self.races.read("INP", src, where)
+        self.races.read("WGT", wgt, where)
         # The HLS GEMM loop is pipelined at one step per cycle with the ACC read-modify-write assumed
         # independent: a destination written again within two steps reads a stale sum.
         near = dst[1:] == dst[:-1]  # near[k]: step k+1 writes what step k or k-1 wrote
@@ -276,6 +285,7 @@ class Simulator:
         if not insn.use_imm:
             self._check_index("ACC", src, "src", where)
         self.counters.alu_uops += dst.size
+        self.races.write("OUT", dst, where)
         self.out_stale[dst] = False
         if insn.alu_opcode is AluOp.SHR:
             amounts = np.array([insn.imm]) if insn.use_imm else self.acc[src]
