@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,13 @@ from edgecam.compiler.vta.races import RaceChecker
 
 # Rows of a GEMM's flattened loop computed per numpy step: bounds the gathered weights to ~16 MiB.
 _GEMM_CHUNK = 16384
+# The ALU's operations on int64 copies of the int32 accumulators (the result is wrapped back to int32).
+_ALU_OPS: dict[AluOp, Callable[[np.ndarray, Any], np.ndarray]] = {
+    AluOp.MIN: np.minimum,
+    AluOp.MAX: np.maximum,
+    AluOp.ADD: np.add,
+    AluOp.SHR: lambda a, b: a >> (b & 0x1F),  # arithmetic: numpy shifts signed integers with their sign
+}
 
 
 class Dram:
@@ -289,9 +297,8 @@ class Simulator:
         self.out_stale[dst] = False
         if insn.alu_opcode is AluOp.SHR:
             amounts = np.array([insn.imm]) if insn.use_imm else self.acc[src]
-            if np.any(
-                amounts & 0x10
-            ):  # bit 4 of the 5-bit amount: negative in HLS, a large right shift in Chisel
+            # Bit 4 of the 5-bit amount set: a left shift in HLS, a right shift by 16 or more in Chisel.
+            if np.any(amounts & 0x10):
                 raise VTASimError(
                     f"{where}: SHR by a negative 5-bit amount shifts left in HLS and right in the Chisel "
                     "design; not portable"
@@ -305,15 +312,6 @@ class Simulator:
         for part in steps:  # one vector step when no step reads another's result, else in order
             a = self.acc[dst[part]].astype(np.int64)
             b = np.int64(insn.imm) if insn.use_imm else self.acc[src[part]].astype(np.int64)
-            op = insn.alu_opcode
-            result = (
-                np.minimum(a, b)
-                if op is AluOp.MIN
-                else np.maximum(a, b)
-                if op is AluOp.MAX
-                else a + b
-                if op is AluOp.ADD
-                else a >> (b & 0x1F)
-            )
+            result = _ALU_OPS[insn.alu_opcode](a, b)
             self.acc[dst[part]] = result.astype(np.int32)  # wraps at 32 bits
             self.out[dst[part]] = self.acc[dst[part]].astype(np.int8)
