@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # grpc_health.v1.health.aio, typed
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from edgecam.proto.inference import grpc_service_pb2 as oip
 from edgecam.proto.v1 import cameras_pb2 as v1
@@ -24,6 +24,7 @@ from edgecam.server.errors import ModelLoadError
 from edgecam.server.grpc.auth import token_interceptors
 from edgecam.server.grpc.servicer import CameraServicer, InferenceServicer, handlers
 from edgecam.server.metrics import EdgecamMetrics
+from edgecam.server.metrics_http import start_metrics_server
 from edgecam.server.pipeline import CameraPipeline, PipelineOptions
 from edgecam.server.repository import ModelRepository, TrustOptions
 from edgecam.server.runtime.base import LoadedModel
@@ -108,7 +109,7 @@ class EdgecamServer:
         # Before anything binds: a token file without tokens stops start-up (auth fails closed).
         self._interceptors = token_interceptors(s)
         try:
-            self._http, _ = start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
+            self._http = start_metrics_server(s.metrics_port, s.metrics_host, self.registry)
         except OSError as exc:
             raise OSError(
                 f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc.strerror or exc}; "
