@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -107,9 +108,7 @@ def seed_from_bundled(model_sha256: str, target: Any, database: Path) -> int:
     bundled = database_dir(model_sha256, target, BUNDLED_ROOT)
     if records_in(database) or not records_in(bundled) or database.resolve() == bundled.resolve():
         return 0
-    database.mkdir(parents=True, exist_ok=True)
-    for name in (WORKLOADS, RECORDS):
-        shutil.copyfile(bundled / name, database / name)
+    _rewrite(database, _open(bundled).get_all_tuning_records())
     return records_in(database)
 
 
@@ -117,30 +116,83 @@ def keep_best(database: Path) -> tuple[int, int]:
     """Rewrite `database` with only each workload's fastest record, which is all a replay reads, and
     its workloads serialized without indentation: what is committed for the bundled models (~15×
     smaller). Returns (records before, records after). Resuming from it re-learns the cost model."""
-    workload_lines = (database / WORKLOADS).read_text().splitlines()
-    best: dict[int, tuple[float, str]] = {}
-    before = 0
-    for line in (database / RECORDS).read_text().splitlines():
-        if not line.strip():
-            continue
-        before += 1
-        workload, (_trace, run_secs, _target, _args) = json.loads(line)
+    from tvm_ffi import structural_hash
+
+    records = _open(database).get_all_tuning_records()
+    best: dict[int, Any] = {}
+    for record in records:
         # MetaSchedule marks failed runs with 1e10 s (or none); they never win a replay either.
-        if not run_secs or max(run_secs) >= 1e9:
+        secs = [float(s) for s in record.run_secs or ()]
+        if not secs or max(secs) >= 1e9:
             continue
-        mean = sum(run_secs) / len(run_secs)
-        if workload not in best or mean < best[workload][0]:
-            best[workload] = (mean, line)
-    kept = sorted(best)
-    renumber = {old: new for new, old in enumerate(kept)}
-    workloads = [_compact_workload(workload_lines[old]) for old in kept]
-    records = []
-    for old in kept:
-        _, (trace, run_secs, target, args) = json.loads(best[old][1])
-        records.append(json.dumps([renumber[old], [trace, run_secs, target, args]], separators=(",", ":")))
-    (database / WORKLOADS).write_text("".join(f"{line}\n" for line in workloads))
-    (database / RECORDS).write_text("".join(f"{line}\n" for line in records))
-    return before, len(records)
+        key = structural_hash(record.workload.mod)
+        if key not in best or _mean(secs) < _mean([float(s) for s in best[key].run_secs]):
+            best[key] = record
+    kept = _rewrite(database, list(best.values()))
+    return len(records), kept
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _open(database: Path) -> Any:
+    """The JSONDatabase in `database` (both files must exist)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(
+        path_workload=str(database / WORKLOADS),
+        path_tuning_record=str(database / RECORDS),
+        allow_missing=False,
+    )
+
+
+def _rewrite(database: Path, records: Sequence[Any]) -> int:
+    """Make `database` hold exactly `records`, written by TVM's JSONDatabase into a staging folder
+    beside it (workloads then compacted), which replaces `database` by rename: a reader (a compile, a
+    replay) never sees new workloads with old records, whose indices would point at the wrong ones.
+    Other files in `database` (MetaSchedule's logs/) move along. Returns the records written."""
+    from tvm.s_tir import meta_schedule as ms
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{database.name}.", dir=database.parent))
+    try:
+        written = ms.database.JSONDatabase(
+            path_workload=str(staging / WORKLOADS),
+            path_tuning_record=str(staging / RECORDS),
+            allow_missing=True,
+        )
+        for record in records:
+            workload = written.commit_workload(record.workload.mod)
+            written.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+        lines = (staging / WORKLOADS).read_text().splitlines()
+        _atomic_write(staging / WORKLOADS, "".join(f"{_compact_workload(line)}\n" for line in lines))
+        if database.is_dir():
+            for entry in database.iterdir():
+                if entry.name not in (WORKLOADS, RECORDS):
+                    os.replace(entry, staging / entry.name)
+            old = database.with_name(f".{database.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(database, old)
+            os.replace(staging, database)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, database)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return len(records)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """`path` holds `text` or what it held before, never part of it (a kill mid-write)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _compact_workload(line: str) -> str:
@@ -307,9 +359,9 @@ def _drop_torn_record(database: Path) -> None:
     path = database / RECORDS
     if not path.is_file():
         return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    data = path.read_text()
+    if data and not data.endswith("\n"):
+        _atomic_write(path, data[: data.rfind("\n") + 1])
 
 
 def build_candidate(mod: Any, target: Any, _params: Any) -> Any:

@@ -142,8 +142,8 @@ class ServerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (the init arguments) over EDGECAM_* variables over the YAML file (`load`), first
-        first; pydantic-settings merges them deeply: a nested key replaces only itself."""
+        """The sources, highest priority first: flags (the init arguments), EDGECAM_* variables, the
+        YAML file (`load`). pydantic-settings merges them deeply: a nested key replaces only itself."""
         config_file = _CONFIG_FILE.get()
         if config_file is None:
             return init_settings, env_settings

@@ -341,3 +341,35 @@ def test_tuning_through_an_rpc_tracker_on_loopback(convnet: Path, tmp_path: Path
     assert len(records) >= 16
     # A record whose run succeeded carries measured times: the RPC server really ran the candidates.
     assert any(record[1][1] and min(record[1][1]) < 1.0 for record in records)
+
+
+def test_database_rewrites_go_through_tvm_and_replace_the_folder_whole(tmp_path: Path) -> None:
+    """keep_best and seeding write through TVM's JSONDatabase into a staging folder that replaces the
+    database by rename: nothing half-written is left, MetaSchedule's other files (logs/) move along."""
+    from tvm.s_tir import meta_schedule as ms
+
+    sha = sha256_file(fashion_cnn.onnx_path())
+    mine = tuning.database_dir(sha, x86(), tmp_path / "root")
+    assert tuning.seed_from_bundled(sha, x86(), mine) == tuning.records_in(bundled_database())
+    (mine / "logs").mkdir()
+    (mine / "logs" / "tuning.log").write_text("what tune_relax logged\n")
+    # A second, slower record for every workload: keep_best drops it again.
+    database = ms.database.JSONDatabase(work_dir=str(mine), allow_missing=False)
+    for record in database.get_all_tuning_records():
+        slower = [float(s) * 3 for s in record.run_secs]
+        database.commit_tuning_record(
+            ms.database.TuningRecord(record.trace, record.workload, slower, record.target, record.args_info)
+        )
+    held = tuning.records_in(bundled_database())
+    assert tuning.keep_best(mine) == (2 * held, held)
+
+    assert sorted(p.name for p in mine.parent.iterdir()) == [mine.name]  # no staging or old folder left
+    assert (mine / "logs" / "tuning.log").read_text() == "what tune_relax logged\n"
+    # Compacted as the bundled one is (the same workload lines, perhaps in another order).
+    lines = sorted((mine / tuning.WORKLOADS).read_text().splitlines())
+    assert lines == sorted((bundled_database() / tuning.WORKLOADS).read_text().splitlines())
+    kept = ms.database.JSONDatabase(work_dir=str(mine), allow_missing=False)
+    shipped = ms.database.JSONDatabase(work_dir=str(bundled_database()), allow_missing=False)
+    for record in shipped.get_all_tuning_records():
+        best = kept.query_tuning_record(record.workload.mod, record.target, "main")
+        assert best is not None and [float(s) for s in best.run_secs] == [float(s) for s in record.run_secs]
