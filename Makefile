@@ -49,10 +49,12 @@ test-slow: .venv/.installed-dev .apt-installed .apt-installed-fleet .apt-install
 
 # What running aarch64 artifacts under qemu-user needs: the emulator and the cross g++ (with
 # libstdc++ for arm64) that builds the small TVM runner; no binfmt or arm64 root file system.
-ARM_APT := qemu-user-static g++-aarch64-linux-gnu
+# qemu-user: the dynamic qemu, whose TCG plugins bench/bench_arm.py counts instructions with.
+ARM_APT := qemu-user-static qemu-user g++-aarch64-linux-gnu
 
 .apt-installed-arm:
-	command -v qemu-aarch64-static >/dev/null && command -v aarch64-linux-gnu-g++ >/dev/null || \
+	command -v qemu-aarch64-static >/dev/null && command -v qemu-aarch64 >/dev/null && \
+	  command -v aarch64-linux-gnu-g++ >/dev/null || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $(ARM_APT))
 	touch $@
