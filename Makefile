@@ -60,7 +60,7 @@ ARM_APT := qemu-user-static qemu-user g++-aarch64-linux-gnu
 	touch $@
 
 # aarch64 builds run under qemu and checked against ONNX Runtime, with each int8 dot step bit-exact on
-# emulated cores with and without its feature and int8 MobileNetV2 on two cores (4.6 min on 2 cores
+# emulated cores with and without its feature and int8 MobileNetV2 on two cores (4.6 and 6.3 min on 2 cores
 # shared with other work, 1.7 min of CPU; the first run also downloads the aarch64 TVM runtime wheels,
 # ~100 MB, and builds the runner into ~/.cache/edgecam).
 test-arm: .venv/.installed-dev .apt-installed .apt-installed-arm
