@@ -23,10 +23,14 @@ core: 0.53 → 0.35 ms; ONNX Runtime 0.44 ms).
 
 Integer layers (compiler/lowering/qdq_to_integer.py: uint8 activations × int8 weights into int32)
 are GEMMs the same way where the target names a `Dot`, an instruction that adds `group` products of
-consecutive input channels into each int32 lane (x86: compiler/targets/x86_dots.py): the weights are
-packed [outputs / NR, (KH, KW,) channels / group, NR, group], so that one step's weights for a vector
-of lanes are one contiguous load and its `group` input values one broadcast; the input's channels
-are padded to a multiple of `group` (zero weights meet them).
+consecutive input channels into each int32 lane (x86: compiler/targets/x86_dots.py, aarch64:
+compiler/targets/arm_dots.py): the weights are packed [outputs / NR, (KH, KW,) channels / group, NR,
+group], so that one step's weights for a vector of lanes are one contiguous load and its `group` input
+values one broadcast; the input's channels are padded to a multiple of `group` (zero weights meet
+them). A step that multiplies signed bytes only (ARM's sdot) takes uint8 inputs less an offset
+(a - 128, one xor of the broadcast bytes): the GEMM then adds offset · ΣW per output channel, a
+constant packed beside the weights, which gives back Σ a·W exactly (padding included: its zero inputs
+lose 128·W in the sum and the constant adds it back).
 
 Taken: NHWC/HWIO conv2d with constant weights, and matmul by a constant 2-D matrix, float32 (or
 uint8 × int8 → int32 with a `Dot` whose weight bound the weights keep, groups 1); where a tile's
@@ -71,10 +75,10 @@ class Tile:
 @dataclass(frozen=True)
 class Dot:
     """An integer dot-product step a CPU target computes in one go (TVM tensor intrinsic `intrinsic`):
-    `lanes` int32 sums, each adding `group` products of uint8 inputs (consecutive channels, the same
-    for every lane) by `weight_dtype` weights (int8 ones widened at compile time where that is
-    int16), exact only while every |weight| ≤ `max_weight`; a register tile's sums may take
-    `accumulators` vector registers."""
+    `lanes` int32 sums, each adding `group` products of `input_dtype` inputs (consecutive channels,
+    the same for every lane) less `input_offset` by `weight_dtype` weights (int8 ones widened at
+    compile time where that is int16), exact only while every |weight| ≤ `max_weight`; a register
+    tile's sums may take `accumulators` vector registers."""
 
     intrinsic: str
     lanes: int
@@ -82,6 +86,8 @@ class Dot:
     weight_dtype: str
     max_weight: int
     accumulators: int
+    input_dtype: str = "uint8"
+    input_offset: int = 0  # the GEMM adds input_offset · ΣW back (the module docstring)
 
     def fits(self, weights: np.ndarray) -> bool:
         return bool(np.abs(weights.astype(np.int32)).max(initial=0) <= self.max_weight)
@@ -109,7 +115,8 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
         weights, window = found
         dot = None
         if weights.dtype == np.int8:
-            dot = next((d for d in dots if d.fits(weights)), None)
+            data = str(call.args[0].ty.dtype)
+            dot = next((d for d in dots if d.input_dtype == data and d.fits(weights)), None)
             if dot is None:
                 return None
         positions = math.prod(int(d) for d in list(call.ty.shape)[:-1])
@@ -126,7 +133,10 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
             gemm, tile_positions=tile.positions, window=window, dot=dot, group_outputs=grouped
         )
         packed_weights = relax.const(pack(weights, tile, dot))
-        return builder.call_te(compute, call.args[0], packed_weights, primfunc_name_hint=COMPUTE)
+        operands = [call.args[0], packed_weights]
+        if dot is not None and dot.input_offset:
+            operands.append(relax.const(offset_sums(weights, dot)))
+        return builder.call_te(compute, *operands, primfunc_name_hint=COMPUTE)
 
     mod, count = rewrite_calls(mod, packed)
     if count:
@@ -178,6 +188,13 @@ def pack(weights: np.ndarray, tile: Tile, dot: Dot | None = None) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(blocks, -2, 0))
 
 
+def offset_sums(weights: np.ndarray, dot: Dot) -> np.ndarray:
+    """input_offset · ΣW per output channel (the last axis) in int32: what a `dot` whose inputs are
+    taken less its offset leaves out of each sum."""
+    sums = weights.astype(np.int64).reshape(-1, weights.shape[-1]).sum(axis=0)
+    return (dot.input_offset * sums).astype(np.int32)
+
+
 def _conv(call: Any) -> tuple[np.ndarray, Window] | None:
     """The HWIO weights and the window of a float (or uint8 × int8 → int32) NHWC conv with constant
     weights (grouped ones' [kh, kw, channels per group, outputs])."""
@@ -217,12 +234,18 @@ def _dense(call: Any) -> tuple[np.ndarray, None] | None:
 def _typed(data: Any, call: Any, weights: np.ndarray) -> bool:
     """Whether the layer is float32 throughout, or uint8 inputs × int8 weights into int32."""
     types = (str(data.ty.dtype), weights.dtype, str(call.ty.dtype))
-    return types in (("float32", np.float32, "float32"), ("uint8", np.int8, "int32"))
+    return types in (
+        ("float32", np.float32, "float32"),
+        ("uint8", np.int8, "int32"),
+        ("int8", np.int8, "int32"),
+    )
 
 
 def gemm(
     data: Any,
     packed: Any,
+    offsets: Any = None,
+    *,
     tile_positions: int,
     window: Window | None,
     dot: Dot | None = None,
@@ -231,7 +254,8 @@ def gemm(
     """The TE compute: out[p, o] = Σ_(window, c) data[p + window, c] · w[o / NR, window, c, o % NR]
     over the output positions p (a conv's [n, y, x], a dense layer's rows), as a GEMM whose rows are
     those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it.
-    With a `dot`, c runs as (c / group, c % group), the latter innermost in the weights, in int32.
+    With a `dot`, c runs as (c / group, c % group), the latter innermost in the weights, in int32;
+    a dot with an input offset multiplies data - offset, and `offsets` (offset_sums) is added back.
     A grouped conv (`group_outputs` outputs per group, a multiple of NR) reads its group's channels:
     data[..., o / group_outputs · channels + c], the same for a tile's NR outputs."""
     from tvm import te
@@ -269,7 +293,10 @@ def gemm(
     def product(position: list[Any], o: Any) -> Any:
         if dot is None:
             return read(position, reduce, o) * weight(o)
-        return read(position, reduce, o).astype("int32") * weight(o).astype("int32")
+        value = read(position, reduce, o).astype("int32")
+        if dot.input_offset:  # the form the step's description (arm_dots) has
+            value = value - dot.input_offset
+        return value * weight(o).astype("int32")
 
     positions = math.prod(leading)
     rows = -(-positions // tile_positions) * tile_positions
@@ -283,11 +310,12 @@ def gemm(
         name=COMPUTE,
         attrs=attrs,
     )
-    return te.compute(
-        (*leading, blocks * block),
-        lambda *index: sums[_ravel(list(index)[:-1], leading), list(index)[-1]],
-        name=f"{COMPUTE}_rows",
-    )
+
+    def row(*index: Any) -> Any:
+        value = sums[_ravel(list(index)[:-1], leading), index[-1]]
+        return value + offsets[index[-1]] if offsets is not None else value
+
+    return te.compute((*leading, blocks * block), row, name=f"{COMPUTE}_rows")
 
 
 def _channel(c: Any, group: list[Any], dot: Dot | None) -> Any:

@@ -16,13 +16,16 @@ import functools
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgecam.compiler.artifact import TargetInfo
 from edgecam.compiler.errors import BuildError, UnknownTargetError
 from edgecam.compiler.targets.base import LibraryRunner, Target, TargetOptions, plain, register_target
+
+if TYPE_CHECKING:
+    from edgecam.compiler.lowering.packed_gemm import Dot
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,20 @@ class ArmOptions(TargetOptions):
     num_cores: int = Field(default=4, ge=1)
     cc: str = Field(default=CROSS_CC, description="cross compiler that links the shared library")
 
+    @field_validator("mattr")
+    @classmethod
+    def _known_features(cls, mattr: list[str]) -> list[str]:
+        """Only features the manifest can name (LLVM_TO_CPUINFO): LLVM ignores a misspelt one with a
+        warning, and code using one the manifest does not list would pass the camera's load check
+        and then die of SIGILL."""
+        for attr in mattr:
+            if attr[:1] not in "+-" or attr[1:] not in LLVM_TO_CPUINFO:
+                raise ValueError(
+                    f"unknown aarch64 feature {attr!r}; valid: "
+                    f"{', '.join(f'+{name}' for name in sorted(LLVM_TO_CPUINFO))} (or - to remove one)"
+                )
+        return mattr
+
 
 @register_target
 class Aarch64Target(Target):
@@ -64,6 +81,8 @@ class Aarch64Target(Target):
     options_class = ArmOptions
     integer_qdq = True
     channels_last = True
+    # int8 layers as packed GEMMs of the core's dot steps (arm_dots.py), as on x86.
+    integer_channels_last = True
     options: ArmOptions
 
     def tvm_target(self) -> Any:
@@ -83,6 +102,12 @@ class Aarch64Target(Target):
         if self.options.mattr:
             spec["mattr"] = list(self.options.mattr)
         return tvm.target.Target(spec)
+
+    def int8_dots(self, target: Any) -> tuple[Dot, ...]:
+        """usdot with i8mm, sdot with dot product (ARMv8.2), else smull + sadalp (any NEON core)."""
+        from edgecam.compiler.targets import arm_dots
+
+        return arm_dots.target_dots(target)
 
     def export(self, executable: Any, directory: Path) -> str:
         from tvm.support import cc

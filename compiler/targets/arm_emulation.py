@@ -27,6 +27,8 @@ import numpy as np
 from edgecam.compiler.errors import EmulatorError
 
 QEMU = ("qemu-aarch64-static", "qemu-aarch64")  # Debian qemu-user-static, qemu-user
+# Debian's static qemu is built without TCG plugin support; the dynamic one (qemu-user) has it.
+PLUGIN_QEMU = "qemu-aarch64"
 CROSS_CXX = "aarch64-linux-gnu-g++"
 SYSROOT = Path("/usr/aarch64-linux-gnu")  # Debian's cross libc and libstdc++ (the *-arm64-cross packages)
 APT_PACKAGES = "qemu-user-static g++-aarch64-linux-gnu"
@@ -63,9 +65,12 @@ def run_library(
     params: Sequence[np.ndarray] = (),
     transform: str | None = None,
     cpu: str = "max",
+    plugin: str | None = None,
 ) -> list[list[np.ndarray]]:
     """Outputs of the aarch64 `library` on `feeds`, as verify.run_library returns them natively:
-    `params` follow the inputs of `main`, through `transform` first when given. `cpu`: qemu's -cpu."""
+    `params` follow the inputs of `main`, through `transform` first when given. `cpu`: qemu's -cpu;
+    `plugin`: a TCG plugin and its arguments for qemu's -plugin (bench/bench_arm.py counts
+    instructions with one)."""
     missing = missing_tools()
     if missing:
         raise EmulatorError(
@@ -81,7 +86,7 @@ def run_library(
             for k, name in enumerate(input_names):
                 np.save(work / f"sample_{i}_input_{k}.npy", np.ascontiguousarray(feed[name]))
         args = [str(library), str(work), str(len(feeds)), str(len(input_names)), str(len(params))]
-        _emulate(runner, [*args, *([transform] if transform else [])], cpu)
+        _emulate(runner, [*args, *([transform] if transform else [])], cpu, plugin)
         return [_outputs(work, i) for i in range(len(feeds))]
 
 
@@ -92,9 +97,24 @@ def _outputs(work: Path, sample: int) -> list[np.ndarray]:
     return outputs
 
 
-def _emulate(runner: Path, args: list[str], cpu: str) -> None:
+def _emulate(runner: Path, args: list[str], cpu: str, plugin: str | None = None) -> None:
     qemu = next(q for q in QEMU if shutil.which(q))
-    command = [qemu, "-L", str(SYSROOT), "-cpu", cpu, str(runner), *args]
+    if plugin is not None:
+        if shutil.which(PLUGIN_QEMU) is None:
+            raise EmulatorError(
+                f"a TCG plugin needs {PLUGIN_QEMU} with plugin support: apt-get install qemu-user"
+            )
+        qemu = PLUGIN_QEMU
+    command = [
+        qemu,
+        *(["-plugin", plugin] if plugin else []),
+        "-L",
+        str(SYSROOT),
+        "-cpu",
+        cpu,
+        str(runner),
+        *args,
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
@@ -162,10 +182,12 @@ def runtime_dir() -> Path:
     runtime.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=runtime.parent, prefix=".download-") as tmp:
         wheels = Path(tmp) / "wheels"
-        _download([f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}"], wheels)
+        download_wheels([f"apache-tvm=={tvm_version}", f"apache-tvm-ffi=={ffi_version}"], wheels)
         staging = Path(tmp) / "runtime"
-        _extract(next(wheels.glob("apache_tvm-*.whl")), {"tvm/lib/libtvm_runtime.so": "lib"}, staging)
-        _extract(
+        extract_from_wheel(
+            next(wheels.glob("apache_tvm-*.whl")), {"tvm/lib/libtvm_runtime.so": "lib"}, staging
+        )
+        extract_from_wheel(
             next(wheels.glob("apache_tvm_ffi-*.whl")),
             {"tvm_ffi/lib/libtvm_ffi.so": "lib", "tvm_ffi/include/": "include"},
             staging,
@@ -174,7 +196,8 @@ def runtime_dir() -> Path:
     return runtime
 
 
-def _download(requirements: list[str], into: Path) -> None:
+def download_wheels(requirements: list[str], into: Path) -> None:
+    """pip-download the manylinux aarch64 wheels of `requirements` (no dependencies) into `into`."""
     platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
     python = f"{sys.version_info.major}{sys.version_info.minor}"
     command = [
@@ -184,13 +207,13 @@ def _download(requirements: list[str], into: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise EmulatorError(
-            f"downloading the aarch64 TVM runtime ({' '.join(requirements)}) failed: "
+            f"downloading the aarch64 wheels {' '.join(requirements)} failed: "
             f"{done.stderr.strip()[-1500:]}. It needs the package index pip uses; offline, point "
-            "PIP_FIND_LINKS at a folder holding those two manylinux aarch64 wheels"
+            "PIP_FIND_LINKS at a folder holding those manylinux aarch64 wheels"
         )
 
 
-def _extract(wheel: Path, members: Mapping[str, str], into: Path) -> None:
+def extract_from_wheel(wheel: Path, members: Mapping[str, str], into: Path) -> None:
     """Copy `members` of `wheel` (a file, or a folder when it ends in /) into `into`/<their value>."""
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():

@@ -51,9 +51,8 @@ class Target(abc.ABC):
     # Whether `prepare` converts convolutions to NHWC/HWIO: on for CPUs, whose schedules vectorize
     # along the output channels (compiler/lowering/channels_last.py).
     channels_last: ClassVar[bool] = False
-    # Whether integer layers go channels-last too (where `channels_last`): on x86, where a register
-    # tile of int32 sums beats LLVM's code for the NCHW loop; not on ARM, where LLVM turns that loop
-    # into sdot (Cortex-A55) or smlal, which the NHWC conv loses to plain multiplies.
+    # Whether integer layers go channels-last too (where `channels_last`): on x86 and aarch64, whose
+    # int8 convs and dense layers are then packed GEMMs of the CPU's dot steps (`int8_dots`).
     integer_channels_last: ClassVar[bool] = False
 
     def __init__(self, options: TargetOptions | None = None) -> None:

@@ -22,10 +22,11 @@ instruction of a float FMA, and their weights are a quarter (int16: half) the by
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from edgecam.compiler.lowering.packed_gemm import Dot
+from edgecam.compiler.targets import cpu_dots
+from edgecam.compiler.targets.cpu_dots import Body, broadcast
 
 # AVX-512 has 32 vector registers; vpdpbusd accumulates in place.
 VPDPBUSD = Dot("edgecam_vpdpbusd_16x4", 16, 4, "int8", 128, 16)
@@ -50,51 +51,8 @@ def target_dots(target: Any) -> tuple[Dot, ...]:
     else:
         dots = (VPMADDUBSW, VPMADDWD) if "avx2" in features else ()
     for dot in dots:
-        _register(dot)
+        cpu_dots.register(dot, _BODIES[dot.intrinsic])
     return dots
-
-
-def _register(dot: Dot) -> None:
-    """Register `dot` with TVM once (TVM's own x86 intrinsics module takes ~45 s to import, for every
-    target's intrinsics)."""
-    from tvm.s_tir import TensorIntrin
-
-    if TensorIntrin.get(dot.intrinsic, allow_missing=True) is None:
-        TensorIntrin.register(dot.intrinsic, _step(dot, None), _step(dot, _BODIES[dot.intrinsic]))
-
-
-# A step's body: (TVMScript module, a, b, c) → the accumulators' new vector. One expression: a name
-# bound in TVMScript becomes a local buffer, which TVM allocates from its workspace pool on every
-# parallel task.
-Body = Callable[[Any, Any, Any, Any], Any]
-
-
-def _step(dot: Dot, body: Body | None) -> Any:
-    """The step as a TVMScript function over `a` (`group` uint8 inputs), `b` (`lanes` × `group`
-    weights) and `c` (`lanes` int32 sums): described as its scalar loop (`body` None) or implemented
-    by `body`. (TVMScript buffer annotations are calls, which mypy cannot read as types.)"""
-    from tvm.script import tirx as T
-
-    lanes, group = dot.lanes, dot.group
-
-    @T.prim_func(s_tir=True)
-    def step(
-        a: T.Buffer((group,), "uint8", offset_factor=1),  # type: ignore[valid-type]
-        b: T.Buffer((lanes, group), dot.weight_dtype, offset_factor=1),  # type: ignore[valid-type]
-        c: T.Buffer((lanes,), "int32", offset_factor=1),  # type: ignore[valid-type]
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
-            T.writes(c[0:lanes])
-            if body is None:
-                for lane, k in T.grid(lanes, group):
-                    with T.sblock("update"):
-                        vl, vk = T.axis.remap("SR", [lane, k])
-                        c[vl] = c[vl] + T.cast(a[vk], "int32") * T.cast(b[vl, vk], "int32")
-            else:
-                c[T.ramp(T.int32(0), 1, lanes)] = body(T, a, b, c)
-
-    return step
 
 
 def _vpdpbusd(lanes: int) -> Body:
@@ -108,7 +66,7 @@ def _vpdpbusd(lanes: int) -> Body:
         return T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{bits}"),
             c.vload([0], dtype=f"int32x{lanes}"),
-            T.reinterpret(_broadcast(T, a, "uint8x4", "int32", lanes), dtype=f"int8x{4 * lanes}"),
+            T.reinterpret(broadcast(T, a, "uint8x4", "int32", lanes), dtype=f"int8x{4 * lanes}"),
             b.vload([0, 0], dtype=f"int8x{4 * lanes}"),
             dtype=f"int32x{lanes}",
         )
@@ -123,7 +81,7 @@ def _vpmaddubsw(T: Any, a: Any, b: Any, c: Any) -> Any:
         T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
         T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-            T.reinterpret(_broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
+            T.reinterpret(broadcast(T, a, "uint8x4", "int32", 8), dtype="int8x32"),
             b.vload([0, 0], dtype="int8x32"),
             dtype="int16x16",
         ),
@@ -137,15 +95,10 @@ def _vpmaddwd(T: Any, a: Any, b: Any, c: Any) -> Any:
     8 × 2 int16 weights → 8 int32 sums of 2 products, added to the accumulators."""
     return c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
         T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-        T.Cast("int16x16", T.reinterpret(_broadcast(T, a, "uint8x2", "int16", 8), dtype="uint8x16")),
+        T.Cast("int16x16", T.reinterpret(broadcast(T, a, "uint8x2", "int16", 8), dtype="uint8x16")),
         b.vload([0, 0], dtype="int16x16"),
         dtype="int32x8",
     )
-
-
-def _broadcast(T: Any, a: Any, group: str, word: str, lanes: int) -> Any:
-    """`a`'s input bytes read as one `word` and broadcast to `lanes` words."""
-    return T.broadcast(T.reinterpret(a.vload([0], group), dtype=word), lanes)
 
 
 _BODIES: dict[str, Body] = {

@@ -8,7 +8,6 @@ runtime wheels into ~/.cache/edgecam/aarch64-runner.
 
 from __future__ import annotations
 
-import collections
 import platform
 import re
 import subprocess
@@ -18,13 +17,16 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from arm_int8 import dot_steps, exact_conv, exact_dense, feeds, instructions
+from test_qdq_to_integer import relax_module, run_ort
 
 from edgecam.compiler import verify
 from edgecam.compiler.build import compile_model
 from edgecam.compiler.errors import EmulatorError
 from edgecam.compiler.frontends.onnx import load_onnx
+from edgecam.compiler.lowering.packed_gemm import Dot
 from edgecam.compiler.passes import PassContext, create_pass, parse_pass_config
-from edgecam.compiler.targets import arm_emulation, create_target
+from edgecam.compiler.targets import arm_dots, arm_emulation, create_target
 from edgecam.models.fashion_cnn import load_samples, onnx_path
 from edgecam.preprocessing import preprocess
 
@@ -68,15 +70,12 @@ def test_bundled_cnn_under_qemu_matches_onnxruntime_on_real_images(
     assert [out[0].argmax() for out in got] == [out[0].argmax() for out in expected]
 
 
-# An Advanced SIMD instruction on vector registers (as in test_arm.py), e.g. "smlal v0.4s, v1.4h, v2.4h".
-SIMD = re.compile(r"^\s*[0-9a-f]+:\s+[0-9a-f]{8}\s+(\w+)\s+v\d+\.(?:16b|8b|8h|4h|4s|2s|2d)\b")
-
-
 @pytest.mark.parametrize(
     ("mcpu", "activations", "integer_simd"),
     [
-        ("cortex-a53", "uint8", {"smull", "smull2", "smlal", "smlal2"}),  # widening multiply-accumulate
-        ("cortex-a55", "int8", {"sdot"}),  # ARMv8.2 dot product: four int8 products per lane
+        ("cortex-a53", "uint8", {"smull", "sadalp"}),  # widening multiply, pairwise accumulate
+        ("cortex-a55", "uint8", {"sdot"}),  # ARMv8.2 dot product: four int8 products per lane
+        ("cortex-a55", "int8", {"sdot"}),
     ],
 )
 def test_int8_cnn_under_qemu_matches_onnxruntimes_exact_int8_kernels(
@@ -107,14 +106,9 @@ def test_int8_cnn_under_qemu_matches_onnxruntimes_exact_int8_kernels(
     assert verify.max_difference(got, expected) <= step
     assert [out[0].argmax() for out in got] == [out[0].argmax() for out in expected]
 
-    disassembly = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(artifact.library_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    simd = collections.Counter(m[1] for line in disassembly.splitlines() if (m := SIMD.match(line)))
-    assert sum(simd[name] for name in integer_simd) >= 20, f"expected {integer_simd} in the layers: {simd}"
+    counts = instructions(artifact.library_path)
+    for name in integer_simd:  # the packed GEMMs' steps (test_arm), in every layer's inner loop
+        assert counts[name] >= 3, f"expected {name} in the layers: {counts}"
 
 
 def test_a_mobilenet_block_under_qemu_matches_onnxruntime(tmp_path: Path) -> None:
@@ -205,3 +199,84 @@ def test_an_instruction_the_emulated_core_lacks_is_reported(tmp_path: Path) -> N
     with pytest.raises(EmulatorError) as caught:
         arm_emulation.run_library(library, [], ["image"], cpu="cortex-a53")
     assert "instruction the emulated CPU (cortex-a53) does not have" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "activations", "emulated", "dot"),
+    [
+        ({"mcpu": "cortex-a53"}, "uint8", "cortex-a53", arm_dots.SMULL_SADALP),
+        ({"mcpu": "cortex-a72"}, "int8", "cortex-a72", arm_dots.SMULL_SADALP_S8),
+        ({"mcpu": "cortex-a76"}, "uint8", "cortex-a76", arm_dots.SDOT),
+        ({"mcpu": "cortex-a76"}, "int8", "cortex-a76", arm_dots.SDOT_S8),
+        ({"mcpu": "cortex-a76", "mattr": ["+i8mm"]}, "uint8", "max", arm_dots.USDOT),
+    ],
+    ids=["a53-smull", "a72-smull-s8", "a76-sdot", "a76-sdot-s8", "a76+i8mm-usdot"],
+)
+def test_each_step_is_bit_exact_against_onnxruntimes_exact_int8_under_qemu(
+    tmp_path: Path, options: dict[str, Any], activations: str, emulated: str, dot: Dot
+) -> None:
+    """A strided, padded 3×3 conv (its channels padded to whole groups), a 1×1 conv and a dense layer
+    whose outputs are their int32 sums, on inputs across the whole 8-bit range and full-range weights:
+    under qemu emulating a core with the step's feature, the same numbers as ONNX Runtime to the bit.
+    A dot-product library on an emulated core without it (Cortex-A53) faults, and is reported."""
+    target = create_target("aarch64", **options)
+    runner = target.library_runner()
+    assert runner is not None and runner.where == f"qemu-aarch64 -cpu {emulated}"
+    for model, shape in (
+        (exact_conv(tmp_path / "conv.onnx", activations), [1, 6, 9, 9]),
+        (exact_dense(tmp_path / "fc.onnx", activations), [1, 60]),
+    ):
+        module = relax_module(model)
+        assert set(dot_steps(target.prepare(module))) == {dot.intrinsic}
+        library = tmp_path / target.export(target.build(module), tmp_path)
+        assert all(instructions(library)[name] for name in arm_dots.INSTRUCTIONS[dot])
+        inputs = feeds(shape, 3, seed=len(shape))
+        got = np.stack([out[0] for out in runner.run(library, inputs, ["x"], (), None)])
+        expected = run_ort(model, inputs)
+        assert np.abs(expected).max() > 1e5  # sums far past 16 bits: an overflow would show
+        np.testing.assert_array_equal(got, expected)
+        if arm_dots.NEEDS[dot] != "neon":
+            with pytest.raises(EmulatorError, match=r"instruction the emulated CPU \(cortex-a53\)"):
+                arm_emulation.run_library(library, inputs[:1], ["x"], cpu="cortex-a53")
+
+
+@pytest.fixture
+def mobilenet_v2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Any]:
+    """bench/shapes.py's MobileNetV2 (224×224, random weights) through the int8 pass, calibrated on a
+    few random images: (the int8 model, the pass's result)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    import shapes
+
+    source = shapes.mobilenet_v2(seed=3)
+    rng = np.random.default_rng(0)
+    calibration = [{"image": rng.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)} for _ in range(4)]
+    quantized = create_pass(parse_pass_config({"kind": "int8"})).apply(
+        source, PassContext(calibration, tmp_path / "work")
+    )
+    onnx.save(quantized.model, str(tmp_path / "mobilenet_v2-int8.onnx"))
+    return tmp_path / "mobilenet_v2-int8.onnx", quantized
+
+
+@pytest.mark.parametrize(
+    ("mcpu", "dot"), [("cortex-a53", arm_dots.SMULL_SADALP), ("cortex-a55", arm_dots.SDOT)]
+)
+def test_int8_mobilenet_v2_under_qemu_uses_the_cores_step_and_matches_onnxruntime(
+    mobilenet_v2: tuple[Path, Any], tmp_path: Path, mcpu: str, dot: Dot
+) -> None:
+    """Every 1×1 conv, the stem and the classifier are packed GEMMs of the core's step (the depthwise
+    convs keep RegisterTiles), and compile_model's verification under qemu passes."""
+    model, _ = mobilenet_v2
+    target = create_target("aarch64", mcpu=mcpu)
+    prepared = target.prepare(relax_module(model))
+    assert set(dot_steps(prepared)) == {dot.intrinsic}  # each GEMM shape's kernel
+    # stem + 33 pointwise convs (the first block has no expansion) + head conv + classifier
+    assert len(re.findall(r"R\.call_tir\(packed_gemm\d*,", prepared["main"].script())) == 36
+
+    artifact = compile_model(model, "aarch64", tmp_path / "arm", target_options={"mcpu": mcpu}, samples=1)
+
+    verification = artifact.manifest.verification
+    assert verification is not None and verification.runner.startswith("qemu-aarch64")
+    assert verification.max_abs_diff <= verification.tolerance
+    counts = instructions(artifact.library_path)
+    for name in arm_dots.INSTRUCTIONS[dot]:
+        assert counts[name] >= len(dot_steps(prepared)), counts  # one or more per GEMM kernel

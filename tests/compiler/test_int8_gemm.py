@@ -15,7 +15,7 @@ from test_qdq_to_integer import output_step, qdq, relax_module, run_ort
 
 from edgecam.compiler.artifact import host_cpu_features
 from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, pack
-from edgecam.compiler.targets import create_target, x86_dots
+from edgecam.compiler.targets import arm_dots, create_target, x86_dots
 
 
 def quantized_net(tmp_path: Path, reduce_range: bool = False) -> Path:
@@ -64,7 +64,8 @@ def packed_gemms(mod: Any) -> list[str]:
     steps = []
     for gv, func in mod.functions.items():
         if gv.name_hint.startswith(COMPUTE) and isinstance(func, tirx.PrimFunc):
-            dots = [d.intrinsic for d in x86_dots.DOTS if d.intrinsic in func.script()]
+            script = func.script()
+            dots = [d.intrinsic for d in (*x86_dots.DOTS, *arm_dots.DOTS) if f'"{d.intrinsic}"' in script]
             steps += dots
     return steps
 
@@ -100,7 +101,7 @@ def test_a_dot_takes_only_weights_it_computes_exactly() -> None:
         ("x86_64", "x86-64-v3", False, [x86_dots.VPMADDWD.intrinsic] * 2),
         ("x86_64", "x86-64-v3", True, [x86_dots.VPMADDUBSW.intrinsic] * 2),
         ("x86_64", "x86-64-v2", False, []),  # SSE4.2 only: no dot step, RegisterTiles' code
-        ("aarch64", "cortex-a55", False, []),  # LLVM's sdot code for the NCHW loop (test_arm_qemu)
+        ("aarch64", "cortex-a55", False, [arm_dots.SDOT.intrinsic] * 2),  # test_arm: the other cores
     ],
 )
 def test_each_target_computes_int8_layers_with_its_fastest_exact_step(
