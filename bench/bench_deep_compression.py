@@ -125,7 +125,7 @@ def run_case(name: str, epochs: int, out_dir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*NETWORKS, "fashion_cnn"], choices=[*PASSES])
-    parser.add_argument("--baseline-epochs", type=int, default=15)
+    parser.add_argument("--baseline-epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=CACHE / "artifacts")
     # One thread: on a loaded 2-core host, two spinning OpenMP threads made epochs 1 s or 120 s at random.
     parser.add_argument("--threads", type=int, default=1)

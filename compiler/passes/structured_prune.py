@@ -4,9 +4,10 @@
 The dependency graph removes a conv's output channels together with everything that depends on them
 (the next layer's input channels, the bias, a residual partner), so the graph stays valid. Criteria:
 `l1` (filter L1 norm, Li et al. 2017), `taylor` (first-order Taylor |g·w| of the loss, Molchanov et
-al. 2019, gradients from the recipe's training data and loss) and `random` (the control any criterion
-must beat). The layer that produces a graph output (the classifier) keeps its outputs: they are the
-model's contract.
+al. 2019, gradients from the recipe's training data and loss), `thinet` (the next layer's
+reconstruction error, greedy channel selection, Luo et al. 2017: compiler/training/thinet.py) and
+`random` (the control any criterion must beat). The layer that produces a graph output (the
+classifier) keeps its outputs: they are the model's contract.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edgecam.compiler.training.trainer import Trainer
 class StructuredPruneConfig(PassConfig):
     kind: Literal["structured_prune"] = "structured_prune"
     trains: ClassVar[bool] = True
-    criterion: Literal["l1", "taylor", "random"] = "l1"
+    criterion: Literal["l1", "taylor", "thinet", "random"] = "l1"
     # Fraction of the channels of every prunable layer removed in the end (torch-pruning's ratio).
     ratio: float = Field(default=0.3, gt=0.0, lt=1.0)
     # Prune-fine-tune rounds; the ratio grows linearly to `ratio`.
@@ -35,6 +36,8 @@ class StructuredPruneConfig(PassConfig):
     lr: float | None = Field(default=None, gt=0.0)
     # Taylor: training batches whose gradients rank the channels.
     taylor_batches: int = Field(default=8, ge=1)
+    # ThiNet: training inputs whose activations the next layers are reconstructed on.
+    thinet_samples: int = Field(default=64, ge=1)
 
 
 @register_pass
@@ -57,9 +60,12 @@ class StructuredPrunePass(CompressionPass[StructuredPruneConfig]):
             for module_name, node_name in converted.node_of_module.items()
             if node_name in producers or matches_any(node_name, config.exclude)
         ]
+        from edgecam.compiler.training.thinet import ThiNetImportance
+
         importance = {
             "l1": lambda: tp.importance.MagnitudeImportance(p=1),
             "taylor": lambda: tp.importance.TaylorImportance(),
+            "thinet": lambda: ThiNetImportance(context.seed),
             "random": lambda: tp.importance.RandomImportance(),
         }[config.criterion]()
         macs_before, params_before = tp.utils.count_ops_and_params(net, example)
@@ -72,6 +78,8 @@ class StructuredPrunePass(CompressionPass[StructuredPruneConfig]):
         for step in range(1, config.steps + 1):
             if config.criterion == "taylor":
                 _accumulate_gradients(net, trainer, config.taylor_batches)
+            elif isinstance(importance, ThiNetImportance):
+                importance.capture(net, trainer.train_data().inputs[: config.thinet_samples])
             pruner.step()
             net.zero_grad(set_to_none=True)
             macs, params = tp.utils.count_ops_and_params(net, example)

@@ -43,7 +43,7 @@ def _shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return {layer.name: graph.weight(layer.weight).shape for layer in graph.weighted_layers(("Conv", "Gemm"))}
 
 
-@pytest.mark.parametrize("criterion", ["l1", "taylor", "random"])
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "thinet", "random"])
 def test_pruned_onnx_is_smaller_keeps_outputs(criterion: str, trainer_for: Any, tmp_path: Path) -> None:
     import onnx
 
@@ -63,3 +63,16 @@ def test_pruned_onnx_is_smaller_keeps_outputs(criterion: str, trainer_for: Any, 
     changes = result.changes
     assert changes["macs_after"] < 0.4 * changes["macs_before"] and len(changes["rounds"]) == 2
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_thinet_removes_the_channels_the_next_layer_misses_least() -> None:
+    import torch
+
+    from edgecam.compiler.training.thinet import _greedy_order
+
+    # Channels 0 and 1 cancel each other in the next layer; 2 is small; 3 is large.
+    contribution = torch.tensor([[1.0, -2.0, 1.0], [-1.0, 2.0, -1.0], [0.1, 0.1, 0.1], [3.0, 0.0, 3.0]])
+    order = _greedy_order(contribution)
+    assert order[2] == 0  # alone, the smallest change
+    assert {int(order[0]), int(order[1])} == {1, 2}  # together they change nothing: removed next
+    assert order[3] == 3
