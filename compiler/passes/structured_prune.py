@@ -5,9 +5,11 @@ The dependency graph removes a conv's output channels together with everything t
 (the next layer's input channels, the bias, a residual partner), so the graph stays valid. Criteria:
 `l1` (filter L1 norm, Li et al. 2017), `taylor` (first-order Taylor |g·w| of the loss, Molchanov et
 al. 2019, gradients from the recipe's training data and loss), `thinet` (the next layer's
-reconstruction error, greedy channel selection, Luo et al. 2017: compiler/training/thinet.py) and
-`random` (the control any criterion must beat). The layer that produces a graph output (the
-classifier) keeps its outputs: they are the model's contract.
+reconstruction error, greedy channel selection, Luo et al. 2017: compiler/training/thinet.py),
+`slimming` (Network Slimming, Liu et al. 2017: per-channel scales trained with an L1 penalty, the
+smallest removed: compiler/training/slimming.py) and `random` (the control any criterion must
+beat). The layer that produces a graph output (the classifier) keeps its outputs: they are the
+model's contract.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from edgecam.compiler.training.trainer import Trainer
 class StructuredPruneConfig(PassConfig):
     kind: Literal["structured_prune"] = "structured_prune"
     trains: ClassVar[bool] = True
-    criterion: Literal["l1", "taylor", "thinet", "random"] = "l1"
+    criterion: Literal["l1", "taylor", "thinet", "slimming", "random"] = "l1"
     # Fraction of the channels of every prunable layer removed in the end (torch-pruning's ratio).
     ratio: float = Field(default=0.3, gt=0.0, lt=1.0)
     # Prune-fine-tune rounds; the ratio grows linearly to `ratio`.
@@ -38,6 +40,10 @@ class StructuredPruneConfig(PassConfig):
     taylor_batches: int = Field(default=8, ge=1)
     # ThiNet: training inputs whose activations the next layers are reconstructed on.
     thinet_samples: int = Field(default=64, ge=1)
+    # Slimming: weight of the L1 penalty on the channel scales, and the epochs of that sparsity
+    # training before the first pruning (default: the recipe's `training.epochs`).
+    slimming_l1: float = Field(default=1e-4, gt=0.0)
+    slimming_epochs: int | None = Field(default=None, ge=1)
 
 
 @register_pass
@@ -62,10 +68,15 @@ class StructuredPrunePass(CompressionPass[StructuredPruneConfig]):
         ]
         from edgecam.compiler.training.thinet import ThiNetImportance
 
+        if config.criterion == "slimming":
+            ignored_set = set(ignored)
+            convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m not in ignored_set]
+            gates = _slimming(convs, trainer, net, config)
         importance = {
             "l1": lambda: tp.importance.MagnitudeImportance(p=1),
             "taylor": lambda: tp.importance.TaylorImportance(),
             "thinet": lambda: ThiNetImportance(context.seed),
+            "slimming": lambda: gates.importance(),
             "random": lambda: tp.importance.RandomImportance(),
         }[config.criterion]()
         macs_before, params_before = tp.utils.count_ops_and_params(net, example)
@@ -104,6 +115,20 @@ class StructuredPrunePass(CompressionPass[StructuredPruneConfig]):
             "rounds": rounds,
         }
         return PassResult(exported, changes)
+
+
+def _slimming(convs: list[Any], trainer: Trainer, net: Any, config: StructuredPruneConfig) -> Any:
+    """Gate the convs, train with the L1 penalty on the gates (the recipe's loss plus it), fold."""
+    from dataclasses import replace
+
+    from edgecam.compiler.training.slimming import SlimmingGates
+
+    gates = SlimmingGates(convs)
+    sparse = replace(trainer, loss=gates.loss(trainer.loss, config.slimming_l1))
+    stage = f"{config.kind}-slimming-{config.slimming_l1}"
+    sparse.fit(net, stage, epochs=config.slimming_epochs, lr=config.lr)
+    gates.fold()
+    return gates
 
 
 def _accumulate_gradients(net: Any, trainer: Trainer, batches: int) -> None:

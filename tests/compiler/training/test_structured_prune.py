@@ -43,7 +43,7 @@ def _shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return {layer.name: graph.weight(layer.weight).shape for layer in graph.weighted_layers(("Conv", "Gemm"))}
 
 
-@pytest.mark.parametrize("criterion", ["l1", "taylor", "thinet", "random"])
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "thinet", "slimming", "random"])
 def test_pruned_onnx_is_smaller_keeps_outputs(criterion: str, trainer_for: Any, tmp_path: Path) -> None:
     import onnx
 
@@ -76,3 +76,23 @@ def test_thinet_removes_the_channels_the_next_layer_misses_least() -> None:
     assert order[2] == 0  # alone, the smallest change
     assert {int(order[0]), int(order[1])} == {1, 2}  # together they change nothing: removed next
     assert order[3] == 3
+
+
+def test_slimming_gates_fold_into_the_convs_without_changing_outputs() -> None:
+    import torch
+
+    from edgecam.compiler.training.slimming import SlimmingGates
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    gates = SlimmingGates([net[0]])
+    with torch.no_grad():
+        gates.gates[net[0]].copy_(torch.tensor([0.5, 0.0, 2.0, -1.0]))
+    x = torch.randn(2, 1, 8, 8)
+    gated = net(x)
+    assert float(gates.penalty()) == pytest.approx(3.5)
+    gates.fold()
+    torch.testing.assert_close(net(x), gated)
+    assert not hasattr(net[0], "slimming_gate") and torch.equal(
+        gates.scales[net[0]], torch.tensor([0.5, 0, 2, 1])
+    )
