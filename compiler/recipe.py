@@ -9,6 +9,14 @@ YAML or JSON. Example (the bundled CNN, see models/fashion_cnn/recipes/):
     passes:
       - {kind: prune, sparsity: 0.8}
       - {kind: weight_sharing, bits: 5}
+
+Passes that train (`finetune`, `iterative_prune`, `trained_sharing`, `structured_prune`) need a
+`training:` section with labelled data (compiler/training/config.py), e.g. Deep Compression:
+
+    training: {data: {kind: fashion_mnist, split: train, limit: 55000}, epochs: 2, lr: 0.0005}
+    passes:
+      - {kind: iterative_prune, sparsity: 0.9, steps: 3}
+      - {kind: trained_sharing, bits: 4}
 """
 
 from __future__ import annotations
