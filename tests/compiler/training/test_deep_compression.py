@@ -142,7 +142,11 @@ def test_deep_compression_recipe_writes_a_coded_artifact(
             "max_accuracy_drop": 10,
         }
     )
-    artifact, report = compress(mlp_path, recipe, tmp_path, tmp_path / "art")
+    from edgecam.compiler.evaluate import MeasureOptions
+
+    # No per-step TVM build or long timing: the training and the artifact are what this tests.
+    options = MeasureOptions(tvm=False, runs=2, warmup=0)
+    artifact, report = compress(mlp_path, recipe, tmp_path, tmp_path / "art", options=options)
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert (tmp_path / "art" / "weights.ecw").exists()
     assert report.steps[-1].weight_bytes < report.steps[0].weight_bytes / 4

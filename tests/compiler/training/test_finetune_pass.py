@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecam.compiler.compress import measure_recipe
+from edgecam.compiler.evaluate import MeasureOptions
 from edgecam.compiler.recipe import parse_recipe
 
 
@@ -29,7 +30,10 @@ def test_finetune_pass_in_a_recipe_improves_top1(mlp_path: Path, labelled_npz: P
         }
     )
     lines: list[str] = []
-    measured = measure_recipe(mlp_path, recipe, tmp_path, lambda message, done, total: lines.append(message))
+    options = MeasureOptions(tvm=False, runs=2, warmup=0)  # the training is what this tests
+    measured = measure_recipe(
+        mlp_path, recipe, tmp_path, lambda message, done, total: lines.append(message), options
+    )
     original, _, tuned = measured.report.steps
     assert tuned.top1 is not None and original.top1 is not None and tuned.top1 > original.top1 + 0.3
     assert tuned.changes["training"]["epochs_run"] == 2
