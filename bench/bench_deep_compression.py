@@ -45,8 +45,10 @@ PASSES: dict[str, list[dict[str, Any]]] = {
         {"kind": "iterative_prune", "sparsity": 0.95, "steps": 4, "epochs": 2, "exclude": ["/0/Conv"]},
         {"kind": "trained_sharing", "bits": 5, "layer_bits": {"/0/Conv": 8, "/2/Conv": 6}, "epochs": 2},
     ],
+    # 0.3/0.6/0.9 in 3 rounds of 1 epoch (20,000 images): 60% kept 93.3% (validation), the jump to 90%
+    # fell to 75.6% and sharing left 77.99% at 30.3x (bench_deep_compression-20261208-vm.json).
     "fashion_cnn": [
-        {"kind": "iterative_prune", "sparsity": 0.9, "steps": 3, "epochs": 1, "exclude": ["/0/Conv"]},
+        {"kind": "iterative_prune", "sparsity": 0.9, "steps": 6, "epochs": 1, "exclude": ["/0/Conv"]},
         {"kind": "trained_sharing", "bits": 4, "layer_bits": {"/0/Conv": 8}, "epochs": 1},
     ],
 }
