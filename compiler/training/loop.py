@@ -124,7 +124,15 @@ def fit(
             return result
     with _deterministic():
         for epoch in range(start_epoch, total):
-            stats = _epoch(module, train, config, optimizer, loss, after_step, seed, epoch, total, progress)
+            try:
+                stats = _epoch(
+                    module, train, config, optimizer, loss, after_step, seed, epoch, total, progress
+                )
+            except KeyboardInterrupt:
+                if checkpoint_path is not None:  # the file holds the last finished epoch, untouched
+                    progress(f"interrupted in epoch {epoch + 1}; rerun to resume after epoch {epoch} "
+                             f"from {checkpoint_path}")  # fmt: skip
+                raise
             if validation is not None:
                 stats.validation = accuracy(module, validation)
             on_epoch(stats)

@@ -51,6 +51,7 @@ def test_resume_after_interrupt_continues_from_the_checkpoint(mlp_path: Path, tr
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(module, "resume")
     assert path.exists() and any("epoch 1/3" in line and "ETA" in line for line in lines)
+    assert f"rerun to resume after epoch 1 from {path}" in lines[-1]
 
     resumed_module = trainer.to_torch(onnx.load(str(mlp_path))).module
     resumed = trainer.fit(resumed_module, "resume")
