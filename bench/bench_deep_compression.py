@@ -41,8 +41,9 @@ PASSES: dict[str, list[dict[str, Any]]] = {
         {"kind": "iterative_prune", "sparsity": 0.93, "steps": 5, "epochs": 3, "scope": "global"},
         {"kind": "trained_sharing", "bits": 5, "epochs": 3},
     ],
+    # 95% in 4 rounds of 2 epochs: 52.5x at -0.66 pt (90.58% -> 89.92%); 93% here.
     "lenet5": [
-        {"kind": "iterative_prune", "sparsity": 0.95, "steps": 4, "epochs": 2, "exclude": ["/0/Conv"]},
+        {"kind": "iterative_prune", "sparsity": 0.93, "steps": 4, "epochs": 2, "exclude": ["/0/Conv"]},
         {"kind": "trained_sharing", "bits": 5, "layer_bits": {"/0/Conv": 8, "/2/Conv": 6}, "epochs": 2},
     ],
     # 0.3/0.6/0.9 in 3 rounds of 1 epoch (20,000 images): 60% kept 93.3% (validation), the jump to 90%
