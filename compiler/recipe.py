@@ -9,6 +9,14 @@ YAML or JSON. Example (the bundled CNN, see models/fashion_cnn/recipes/):
     passes:
       - {kind: prune, sparsity: 0.8}
       - {kind: weight_sharing, bits: 5}
+
+Passes that train (`finetune`, `iterative_prune`, `trained_sharing`, `structured_prune`) need a
+`training:` section with labelled data (compiler/training/config.py), e.g. Deep Compression:
+
+    training: {data: {kind: fashion_mnist, split: train, limit: 55000}, epochs: 2, lr: 0.0005}
+    passes:
+      - {kind: iterative_prune, sparsity: 0.9, steps: 3}
+      - {kind: trained_sharing, bits: 4}
 """
 
 from __future__ import annotations
@@ -18,11 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecam.compiler.datasets import DatasetConfig
 from edgecam.compiler.errors import RecipeError
 from edgecam.compiler.passes import PassConfig, parse_pass_config
+from edgecam.compiler.training.config import TrainingConfig
 
 
 class Recipe(BaseModel):
@@ -38,6 +55,8 @@ class Recipe(BaseModel):
     max_accuracy_drop: float = Field(default=1.0, ge=0.0, le=100.0)
     evaluation: DatasetConfig
     calibration: DatasetConfig | None = None
+    # Labelled data and budget for the passes that train (compiler/training/config.py).
+    training: TrainingConfig | None = None
     seed: int = 0
 
     @field_validator("passes", mode="before")
@@ -54,6 +73,16 @@ class Recipe(BaseModel):
             except RecipeError as exc:
                 raise ValueError(f"pass {index}: {exc}") from None
         return parsed
+
+    @model_validator(mode="after")
+    def _training_present(self) -> Recipe:
+        for index, config in enumerate(self.passes):
+            if config.trains and self.training is None:
+                raise ValueError(
+                    f"pass {index} ({config.kind}) trains: add a `training:` section with a labelled "
+                    "`data` set (e.g. {kind: fashion_mnist, split: train})"
+                )
+        return self
 
 
 def load_recipe(path: Path) -> tuple[Recipe, Path]:

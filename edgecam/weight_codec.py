@@ -8,6 +8,14 @@ One coded tensor ("blob"), little-endian:
     magic b"EWS1" | dtype u8 | mode u8 | ndim u8 | k u16 | shape ndim×u64 | codebook k×dtype
     mode HUFFMAN:  code lengths k×u8 (0: unused) | block u32 | nbits u64 | offsets (blocks-1)×u32 | payload
     mode CONSTANT: index u8 (every element is codebook[index]; also used for empty tensors)
+    mode SPARSE:   zero u8 | gap code lengths 256×u8 | gaps u64 | gap payload | value code lengths k×u8 |
+                   value payload (each payload: block u32 | nbits u64 | offsets | bits, as above)
+
+SPARSE is Deep Compression's relative indexing for a pruned tensor whose codebook holds 0.0 (index
+`zero`): only the other elements are stored, each as the count of zeros before it (a gap symbol
+0..254; 255 stands for 255 zeros and no element) and its codebook index, both streams Huffman-coded.
+Dense coding spends at least one bit per element, so it cannot pass 32× on fp32 weights; at 90%+
+sparsity this can. `encode` writes whichever of HUFFMAN and SPARSE is smaller.
 
 The payload is the indices' canonical Huffman codes, most significant bit first. It is cut into blocks
 of `block` symbols whose starting bit offsets are stored, so that decoding runs over all blocks at once
@@ -35,7 +43,8 @@ BUNDLE_VERSION = 1
 MAX_CODE_LENGTH = 16  # longest Huffman code: bounds the decode table at 2**16 entries
 MAX_SYMBOLS = 256  # indices are one byte: codebooks of up to 2**8 entries
 MAX_ELEMENTS = 1 << 31  # refuse headers claiming more (a corrupt shape must not allocate terabytes)
-HUFFMAN, CONSTANT = 0, 1
+HUFFMAN, CONSTANT, SPARSE = 0, 1, 2
+_FILLER = 255  # a gap symbol meaning "255 zeros, no element"
 
 _MAGIC = b"EWS1"
 _BUNDLE_MAGIC = b"ECWB"
@@ -151,7 +160,44 @@ def encode(indices: np.ndarray, codebook: np.ndarray) -> bytes:
     if mode == CONSTANT:
         return header + struct.pack("<B", int(symbols[0]) if symbols.size else 0)
     lengths = huffman_lengths(counts)
-    return header + lengths.tobytes() + _encode_payload(symbols, lengths)
+    dense = header + lengths.tobytes() + _encode_payload(symbols, lengths)
+    zeros = np.flatnonzero(codebook == 0)
+    if len(zeros) == 0:
+        return dense
+    sparse = _encode_sparse(symbols, int(zeros[0]), len(codebook))
+    if len(sparse) >= len(dense) - 1:
+        return dense
+    return header[:5] + bytes([SPARSE]) + header[6:] + sparse
+
+
+def _encode_sparse(symbols: np.ndarray, zero: int, k: int) -> bytes:
+    """The SPARSE body after the codebook: gaps before each non-zero element, then their indices."""
+    positions = np.flatnonzero(symbols != zero)
+    gaps = np.diff(positions, prepend=-1) - 1
+    fillers = gaps // _FILLER
+    # Every gap becomes `fillers` filler symbols followed by its remainder.
+    starts = np.cumsum(fillers + 1) - 1
+    gap_symbols = np.full(int(starts[-1]) + 1 if len(starts) else 0, _FILLER, dtype=np.uint8)
+    gap_symbols[starts] = (gaps % _FILLER).astype(np.uint8)
+    values = symbols[positions]
+    parts = [struct.pack("<B", zero)]
+    for stream, alphabet in ((gap_symbols, 256), (values, k)):
+        lengths = huffman_lengths(_two_symbols(np.bincount(stream, minlength=alphabet)))
+        if stream is gap_symbols:
+            parts += [lengths.tobytes(), struct.pack("<Q", len(stream))]
+        else:
+            parts += [lengths.tobytes()]
+        parts.append(_encode_payload(stream, lengths))
+    return b"".join(parts)
+
+
+def _two_symbols(counts: np.ndarray) -> np.ndarray:
+    """A Huffman code needs two symbols: a stream of one symbol gets an unused partner (1 bit each)."""
+    if np.count_nonzero(counts) >= 2:
+        return counts
+    counts = counts.copy()
+    counts[1 if counts[0] else 0] = 1
+    return counts
 
 
 def _encode_payload(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
@@ -216,12 +262,45 @@ def decode(blob: bytes) -> np.ndarray:
         if index >= k:
             raise WeightCodecError(f"check 'index' failed: {index} is not below the codebook size {k}")
         return np.full(shape, codebook[index], dtype=codebook.dtype)
+    if mode == SPARSE:
+        indices = _decode_sparse(reader, k, count)
+        reader.finish()
+        return codebook[indices].reshape(shape)
     if mode != HUFFMAN:
-        raise WeightCodecError(f"check 'mode' failed: {mode}, valid: {HUFFMAN} (Huffman), {CONSTANT}")
+        raise WeightCodecError(
+            f"check 'mode' failed: {mode}, valid: {HUFFMAN} (Huffman), {CONSTANT} (constant), "
+            f"{SPARSE} (sparse)"
+        )
     lengths = np.frombuffer(reader.take(k), np.uint8)
     _check_lengths(lengths)
     indices = _decode_payload(reader, lengths, count)
+    reader.finish()
     return codebook[indices].reshape(shape)
+
+
+def _decode_sparse(reader: _Reader, k: int, count: int) -> np.ndarray:
+    (zero,) = reader.unpack(struct.Struct("<B"))
+    if zero >= k:
+        raise WeightCodecError(f"check 'zero index' failed: {zero} is not below the codebook size {k}")
+    gap_lengths = np.frombuffer(reader.take(256), np.uint8)
+    _check_lengths(gap_lengths)
+    (gap_count,) = reader.unpack(struct.Struct("<Q"))
+    if gap_count > count:
+        raise WeightCodecError(f"check 'gaps' failed: {gap_count} gap symbols for {count} elements")
+    gaps = _decode_payload(reader, gap_lengths, gap_count).astype(np.int64)
+    stored = gaps != _FILLER
+    ends = np.cumsum(np.where(stored, gaps + 1, _FILLER))
+    positions = ends[stored] - 1
+    if len(positions) == 0 or positions[-1] >= count:
+        raise WeightCodecError(
+            f"check 'gaps' failed: they place {len(positions)} elements, the last past {count}"
+        )
+    value_lengths = np.frombuffer(reader.take(k), np.uint8)
+    _check_lengths(value_lengths)
+    values = _decode_payload(reader, value_lengths, len(positions))
+    indices = np.full(count, zero, dtype=np.uint8)
+    indices[positions] = values
+    return indices
 
 
 def _decode_payload(reader: _Reader, lengths: np.ndarray, count: int) -> np.ndarray:
@@ -235,7 +314,6 @@ def _decode_payload(reader: _Reader, lengths: np.ndarray, count: int) -> np.ndar
     offsets = np.zeros(blocks, dtype=np.int64)
     offsets[1:] = np.frombuffer(reader.take(4 * (blocks - 1)), "<u4")
     payload = np.frombuffer(reader.take(-(-nbits // 8)), np.uint8)
-    reader.finish()
     if np.any(np.diff(offsets) <= 0) or offsets[-1] >= nbits:
         raise WeightCodecError("check 'block offsets' failed: they must increase and lie inside the payload")
     return _decode_blocks(payload, lengths, offsets, count, block, nbits)

@@ -146,3 +146,51 @@ def test_the_codec_imports_numpy_only() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _pruned(sparsity: float, seed: int, shape: tuple[int, ...] = (300, 784)) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a pruned layer: 0.0 at index 0 of a 32-entry codebook, the rest uniform."""
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(1, 32, shape)
+    indices[rng.random(shape) < sparsity] = 0
+    return indices, np.r_[0.0, np.linspace(-1, 1, 31)].astype(np.float32)
+
+
+def test_sparse_mode_stores_a_pruned_tensor_past_the_dense_32x_floor() -> None:
+    indices, codebook = _pruned(0.95, seed=5)
+    blob = wc.encode(indices, codebook)
+    assert blob[5] == wc.SPARSE
+    np.testing.assert_array_equal(wc.decode(blob), codebook[indices])
+    # Dense Huffman spends ≥ 1 bit per element (32× on fp32); relative indexing does not.
+    assert indices.size * 4 / len(blob) > 45
+
+
+def test_sparse_mode_round_trips_long_gaps_edges_and_a_dense_choice() -> None:
+    codebook = np.array([0.0, 1.0, 2.0, 3.0], np.float32)
+    for positions in ([0], [99_999], [5, 70_000, 99_999], [0, 1, 2, 255, 511, 766, 767]):
+        indices = np.zeros(100_000, np.int64)
+        indices[positions] = 3
+        blob = wc.encode(indices, codebook)
+        assert blob[5] == wc.SPARSE
+        np.testing.assert_array_equal(wc.decode(blob), codebook[indices])
+    indices, codebook = _pruned(0.2, seed=6, shape=(64, 64))
+    assert wc.encode(indices, codebook)[5] == wc.HUFFMAN  # sparse would be larger: dense is kept
+
+
+def test_corrupt_sparse_blobs_are_refused_naming_the_check() -> None:
+    indices, codebook = _pruned(0.95, seed=7, shape=(50, 60))
+    blob = bytearray(wc.encode(indices, codebook))
+    header = 9 + 2 * 8 + 32 * 4  # magic..k, the two dims, the codebook
+    with pytest.raises(wc.WeightCodecError, match="check 'zero index'"):
+        wc.decode(bytes(blob[:header]) + b"\xff" + bytes(blob[header + 1 :]))
+    rng = np.random.default_rng(8)
+    refused = 0
+    for _ in range(300):
+        bad = bytearray(blob)
+        position = int(rng.integers(header, len(bad)))
+        bad[position] ^= int(rng.integers(1, 256))
+        try:
+            wc.decode(bytes(bad))
+        except wc.WeightCodecError:
+            refused += 1
+    assert refused > 200
