@@ -74,7 +74,8 @@ def compile_model(
     replayed when one exists; models with coded weights build untuned (their weights are arguments,
     which the tuned pipeline's weight prepacking cannot fold).
     `tolerance` bounds |TVM - ONNX Runtime| on every output; None: what fits the model
-    (verify.model_tolerance: 1e-4 for a float model, a few quantization steps for an int8 one).
+    (verify.model_tolerance: 1e-4 for a float32 model, epsilons of float16 for an fp16 one, a few
+    quantization steps for an int8 one).
     A codec the runtime cannot decode is refused (InvalidOptionError).
     With `sign_key` the artifact's manifest is signed (edgecam/signing.py).
     Raises CompilerError subclasses; on any failure nothing is written.

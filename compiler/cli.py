@@ -31,8 +31,8 @@ def compile_command(
     tolerance: float = typer.Option(
         None,
         help="Largest |TVM - ONNX Runtime| output difference accepted (absolute); default: 1e-4 for a float "
-        "model, of each output's largest |value|; 12 quantization steps of each output for an int8 (QDQ) "
-        "one.",
+        "model, of each output's largest |value| (16 epsilons of float16 for an fp16 one); 12 quantization "
+        "steps of each output for an int8 (QDQ) one.",
     ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
     sign_key: Path = typer.Option(None, "--sign-key", help=_SIGN_HELP),
