@@ -245,8 +245,14 @@ def _write_artifact(
         onnx.save(_with_metadata(measured.model, measured.source.proto), str(final))
         # Passed only when there is a coding, so compile_model without the keyword works too.
         extra: dict[str, Any] = {"weight_coding": measured.coding} if measured.coding is not None else {}
+        # reference: shadow mode on the camera compares the compressed model with the original.
         built = compile_model(
-            final, recipe.target, Path(tmp) / "build", target_options=recipe.target_options, **extra
+            final,
+            recipe.target,
+            Path(tmp) / "build",
+            target_options=recipe.target_options,
+            reference=measured.source.path,
+            **extra,
         )
         write_json(measured.report, Path(tmp) / REPORT_JSON)
         write_plot(measured.report, Path(tmp) / REPORT_PNG)

@@ -16,7 +16,7 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 from edgecam.cli import app
-from edgecam.compiler.artifact import load_artifact
+from edgecam.compiler.artifact import load_artifact, sha256_file
 from edgecam.compiler.build import compile_model
 from edgecam.compiler.compress import compress, measure_recipe
 from edgecam.compiler.errors import AccuracyGateError, InvalidOptionError, RecipeError
@@ -149,17 +149,26 @@ def test_cli_compress_writes_a_hashed_artifact_with_the_report(compressed: tuple
 
 
 def test_the_compiled_model_is_the_compressed_one_and_passes_saw_the_context(
-    compressed: tuple[Path, Any],
+    compressed: tuple[Path, Any], tmp_path: Path
 ) -> None:
+    """The library computes the compressed model; reference.onnx, what shadow mode compares with on
+    the camera, is the original (fp32) model, byte for byte."""
     import onnx
-    from onnx import numpy_helper
+
+    from edgecam.compiler import verify
+    from edgecam.compiler.frontends.onnx import load_onnx
 
     out, _ = compressed
-    weights = {
-        i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "reference.onnx")).graph.initializer
-    }
-    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(MODEL)).graph.initializer}
-    np.testing.assert_array_equal(weights[CONV], original[CONV] * np.float32(1.02))
+    assert sha256_file(out / "reference.onnx") == sha256_file(MODEL)
+    scaled = ScaleWeights(ScaleWeightsConfig(initializer=CONV, factor=1.02)).apply(
+        onnx.load(str(MODEL)), PassContext([], tmp_path)
+    )
+    onnx.save(scaled.model, str(tmp_path / "scaled.onnx"))
+    feeds = verify.sample_inputs(load_onnx(MODEL), 2)
+    got = verify.run_library(out / "model.so", feeds, ["image"])
+    want = verify.run_onnxruntime(tmp_path / "scaled.onnx", feeds)
+    original = verify.run_onnxruntime(MODEL, feeds)
+    assert verify.max_difference(got, want) < verify.max_difference(original, want) / 10
     report = json.loads((out / "report.json").read_text())
     changes = report["steps"][1]["changes"]
     assert changes["top1_before"] == report["steps"][0]["top1"]  # PassContext.evaluate is top-1
@@ -235,6 +244,20 @@ def test_the_last_coding_reaches_the_artifact(tmp_path: Path) -> None:
     assert artifact.manifest.measurements["weight_bytes"] == report.steps[-1].weight_bytes
     manifest = load_artifact(artifact.path).manifest
     assert manifest.compression is not None and manifest.coded_weights is not None
+    # A weight-coded artifact has a shadow reference too: the original model, not the coded one.
+    assert manifest.files["reference.onnx"] == sha256_file(MODEL)
+
+
+def test_a_reference_without_the_models_inputs_is_refused(tmp_path: Path) -> None:
+    import onnx
+
+    other = onnx.load(str(MODEL))
+    other.graph.input[0].name = "picture"
+    other.graph.node[0].input[0] = "picture"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(InvalidOptionError, match=r"lacks the model's inputs \['image'\]"):
+        compile_model(MODEL, "x86_64", tmp_path / "art", reference=tmp_path / "other.onnx")
+    assert not (tmp_path / "art").exists()
 
 
 def test_a_coding_the_camera_cannot_decode_is_refused_and_nothing_written(tmp_path: Path) -> None:
