@@ -188,7 +188,8 @@ def _check_coding_kept(coding: WeightCoding, before: Any, after: Any, step: str)
     if changed:
         raise RecipeError(
             f"pass {step} changes initializers {changed} that an earlier pass stored as {coding.codec!r} "
-            "coding; reorder the recipe's passes so the coding pass comes last"
+            "coding; reorder the recipe's passes so the coding pass comes last (int8 and weight_sharing "
+            "do not combine in either order: keep one of them)"
         )
 
 
