@@ -142,9 +142,12 @@ def _refuse_quantized(graph: OnnxGraph) -> None:
         if node.op_type not in SHARED_OPS or index is None or len(node.input) <= index:
             continue
         producer = graph.producer.get(node.input[index])
-        if producer is not None and producer.op_type == "DequantizeLinear":
-            if producer.input[0] in graph.initializers:
-                quantized.append(node.name or node.output[0])
+        if (
+            producer is not None
+            and producer.op_type == "DequantizeLinear"
+            and producer.input[0] in graph.initializers
+        ):
+            quantized.append(node.name or node.output[0])
     if quantized:
         raise PassError(
             f"weight_sharing: layers {quantized} have quantized weights (DequantizeLinear of integer "
