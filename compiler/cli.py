@@ -394,15 +394,23 @@ def _compiler_errors(console: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _progress(console: Any) -> Iterator[Callable[[str, int, int], None]]:
-    """A transient progress bar driven by (message, stages done, stages in all) callbacks."""
+    """A transient progress bar driven by (message, stages done, stages in all) callbacks; where the
+    console is no terminal (a log file, CI), which shows no live bar, one line per new message instead."""
+    import time
+
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    started, last = time.monotonic(), [""]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
 
         def on_progress(message: str, done: int, total: int) -> None:
             progress.update(task, description=message, completed=done, total=total)
+            if not console.is_terminal and message != last[0]:
+                last[0] = message
+                elapsed = time.monotonic() - started
+                console.print(f"[{done}/{total}, {elapsed:.0f} s] {message}", markup=False, highlight=False)
 
         yield on_progress
 

@@ -266,6 +266,10 @@ for line in sys.stdin:
         vm = VirtualMachine(tvm.runtime.load_module(job["library"]), tvm.cpu())
         with np.load(job["inputs"]) as data:
             args = [tvm.runtime.tensor(data[f"arr_{i}"], tvm.cpu()) for i in range(len(data.files))]
+        if job.get("weights"):  # an artifact's coded weights, decoded: main takes them after the inputs
+            with np.load(job["weights"]) as data:
+                weights = [tvm.runtime.tensor(data[f"arr_{i}"], tvm.cpu()) for i in range(len(data.files))]
+            args += list(vm[job["transform"]](weights)) if job.get("transform") else weights
         result = {"ms": time_calls(lambda: vm["main"](*args), job["runs"], job["warmup"])}
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -295,9 +299,19 @@ class RuntimeProcess:
             self._process.wait()
             self._process = None
 
-    def time(self, library: Path, inputs: Path, options: MeasureOptions) -> Latency | str:
-        """p50/p99 of the library's `main` on the saved inputs, or why they could not be measured."""
+    def time(
+        self,
+        library: Path,
+        inputs: Path,
+        options: MeasureOptions,
+        weights: Path | None = None,
+        transform: str | None = None,
+    ) -> Latency | str:
+        """p50/p99 of the library's `main` on the saved inputs, or why they could not be measured.
+        `weights`: arrays (npz) `main` takes after the inputs, through the `transform` function first
+        when given (an artifact's coded weights, as a camera loads them)."""
         job = {"library": str(library), "inputs": str(inputs), "runs": options.runs, "warmup": options.warmup}
+        job |= {"weights": str(weights) if weights else None, "transform": transform}
         process = self.start()
         assert process.stdin is not None  # Popen with stdin=PIPE
         process.stdin.write((json.dumps(job) + "\n").encode())

@@ -131,6 +131,12 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 def test_cli_compress_writes_a_hashed_artifact_with_the_report(compressed: tuple[Path, Any]) -> None:
     out, result = compressed
     assert "1. scale_weights" in result.output and "accuracy gate passed" in result.output
+    assert "artifact to run (library + coded weights)" in result.output  # beside the weight bytes
+    # Not a terminal (CliRunner's pipe): progress as log lines, one per stage, in order.
+    lines = [line for line in result.output.splitlines() if line.startswith("[") and " s] " in line]
+    stages = [line.split(" s] ", 1)[1] for line in lines]
+    assert stages[:2] == [f"loading {MODEL.name} and the data sets", "measuring the original model"]
+    assert "applying 1. scale_weights" in stages and stages[-1] == "compiling the final model for x86_64"
     manifest = load_artifact(out).manifest  # every file's hash checks out
     assert {"model.so", "reference.onnx", "report.json", "report.png"} <= set(manifest.files)
     assert manifest.recipe is not None and manifest.recipe["passes"][0] == SCALE_CONV
@@ -246,6 +252,17 @@ def test_the_last_coding_reaches_the_artifact(tmp_path: Path) -> None:
     assert manifest.compression is not None and manifest.coded_weights is not None
     # A weight-coded artifact has a shadow reference too: the original model, not the coded one.
     assert manifest.files["reference.onnx"] == sha256_file(MODEL)
+    # The report has the artifact's bytes on disk beside the weight bytes, and its compiled latency.
+    figures = report.artifact
+    assert figures is not None and figures.weight_bytes == report.steps[-1].weight_bytes
+    on_disk = {name: (artifact.path / name).stat().st_size for name in ("model.so", "weights.ecw")}
+    assert figures.files["model.so"] == on_disk["model.so"]
+    assert figures.run_bytes == sum(on_disk.values()) > figures.weight_bytes  # the library is code too
+    assert "reference.onnx" in figures.files and figures.latency is not None
+    assert figures.latency.p50_ms > 0 and figures.latency_skipped is None
+    assert manifest.measurements["artifact_run_bytes"] == figures.run_bytes
+    stored = json.loads((artifact.path / "report.json").read_text())
+    assert stored["artifact"]["run_bytes"] == figures.run_bytes
 
 
 def test_a_reference_without_the_models_inputs_is_refused(tmp_path: Path) -> None:
