@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from edgecam.compiler.artifact import Artifact
     from edgecam.compiler.frontends.onnx import OnnxModel
     from edgecam.compiler.passes.base import Feeds, WeightCoding
+    from edgecam.compiler.training.trainer import Trainer
 
 # (what is happening, stages done, stages in all): the CLI draws its progress bar from it.
 OnProgress = Callable[[str, int, int], None]
@@ -88,7 +89,8 @@ def measure_recipe(
     with Evaluator(data, recipe.target, recipe.target_options, options, stages.detail) as evaluator:
         stages.start("measuring the original model")
         steps = [evaluator.measure("original", source.proto)]
-        model, coding = _run_passes(recipe, source.proto, calibration, evaluator, stages, steps)
+        trainer = _trainer(recipe, Path(base_dir), source)
+        model, coding = _run_passes(recipe, source.proto, calibration, evaluator, stages, steps, trainer)
     report = Report(
         model=source.name,
         target=recipe.target,
@@ -109,6 +111,7 @@ def _run_passes(
     evaluator: Evaluator,
     stages: _Stages,
     steps: list[Measurement],
+    trainer: Trainer | None = None,
 ) -> tuple[Any, WeightCoding | None]:
     """Each pass on the previous one's output, measured after it (appended to `steps`)."""
     from edgecam.compiler.passes import PassContext, create_pass
@@ -126,6 +129,7 @@ def _run_passes(
                 evaluate=evaluator.top1,
                 seed=recipe.seed,
                 progress=partial(stages.pass_detail, step),
+                training=replace(trainer, progress=partial(stages.pass_detail, step)) if trainer else None,
             )
             result = create_pass(config).apply(model, context)
             if coding is not None and result.coding is None:
@@ -135,6 +139,15 @@ def _run_passes(
             stages.start(f"measuring {step}")
             steps.append(evaluator.measure(step, model, coding, result.changes))
     return model, coding
+
+
+def _trainer(recipe: Recipe, base_dir: Path, source: OnnxModel) -> Trainer | None:
+    """The recipe's training seam bound to the model's preprocessing; None without `training:`."""
+    if recipe.training is None:
+        return None
+    from edgecam.compiler.training.trainer import Trainer
+
+    return Trainer(recipe.training, source.preprocessing, source.inputs[0].name, base_dir, recipe.seed)
 
 
 def load_data(recipe: Recipe, base_dir: Path, source: OnnxModel) -> tuple[EvalSet, list[Feeds]]:

@@ -70,3 +70,8 @@ class PassError(CompilerError):
 
 class AccuracyGateError(CompilerError):
     """The compressed model lost more accuracy than the recipe allows; no artifact was written."""
+
+
+class TrainingError(CompilerError):
+    """A training pass cannot run: a model onnx2torch cannot convert (names the op), an export that
+    disagrees with its torch model, or a checkpoint that cannot be read (names the file)."""

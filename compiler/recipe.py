@@ -18,11 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecam.compiler.datasets import DatasetConfig
 from edgecam.compiler.errors import RecipeError
 from edgecam.compiler.passes import PassConfig, parse_pass_config
+from edgecam.compiler.training.config import TrainingConfig
 
 
 class Recipe(BaseModel):
@@ -38,6 +47,8 @@ class Recipe(BaseModel):
     max_accuracy_drop: float = Field(default=1.0, ge=0.0, le=100.0)
     evaluation: DatasetConfig
     calibration: DatasetConfig | None = None
+    # Labelled data and budget for the passes that train (compiler/training/config.py).
+    training: TrainingConfig | None = None
     seed: int = 0
 
     @field_validator("passes", mode="before")
@@ -54,6 +65,16 @@ class Recipe(BaseModel):
             except RecipeError as exc:
                 raise ValueError(f"pass {index}: {exc}") from None
         return parsed
+
+    @model_validator(mode="after")
+    def _training_present(self) -> Recipe:
+        for index, config in enumerate(self.passes):
+            if config.trains and self.training is None:
+                raise ValueError(
+                    f"pass {index} ({config.kind}) trains: add a `training:` section with a labelled "
+                    "`data` set (e.g. {kind: fashion_mnist, split: train})"
+                )
+        return self
 
 
 def load_recipe(path: Path) -> tuple[Recipe, Path]:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import onnx
 
+    from edgecam.compiler.training.trainer import Trainer
+
 Feeds = dict[str, np.ndarray]
 
 
@@ -28,6 +30,8 @@ class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str
+    # True for a pass that trains: the recipe must then have a `training:` section (labelled data).
+    trains: ClassVar[bool] = False
 
 
 @dataclass
@@ -37,14 +41,15 @@ class PassContext:
     `calibration` holds preprocessed model inputs made from real frames (never random data);
     `evaluate` returns top-1 (0-1) of a candidate model on the evaluation set, for passes that
     search (e.g. a sensitivity scan), or None when the evaluation set has no labels;
-    `finetune` is the seam a training-based step plugs into (None until a pass needs training);
+    `training` is the seam a training pass uses (compiler/training: the recipe's labelled data,
+    budget and loss); None when the recipe has no `training:` section;
     `progress` shows a line of a long pass's progress to the user (the CLI's progress bar).
     """
 
     calibration: Sequence[Feeds]
     work_dir: Path
     evaluate: Callable[[onnx.ModelProto], float | None] | None = None
-    finetune: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
+    training: Trainer | None = None
     seed: int = 0
     progress: Callable[[str], None] = lambda message: None
 
@@ -57,6 +62,15 @@ class PassContext:
                 f"{len(self.calibration)}; add `calibration:` to the recipe"
             )
         return self.calibration
+
+    def require_training(self, kind: str) -> Trainer:
+        from edgecam.compiler.errors import RecipeError
+
+        if self.training is None:
+            raise RecipeError(
+                f"pass {kind!r} trains and needs the recipe's `training:` section with a labelled data set"
+            )
+        return self.training
 
 
 @dataclass

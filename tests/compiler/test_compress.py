@@ -60,7 +60,7 @@ class ScaleWeights(CompressionPass[ScaleWeightsConfig]):
             "initializer": name,
             "top1_before": context.evaluate(model) if context.evaluate else "no evaluate",
             "calibration": len(context.calibration),
-            "finetune": context.finetune is not None,
+            "training": context.training is not None,
         }
         return PassResult(graph.model, changes)
 
@@ -178,7 +178,7 @@ def test_the_compiled_model_is_the_compressed_one_and_passes_saw_the_context(
     report = json.loads((out / "report.json").read_text())
     changes = report["steps"][1]["changes"]
     assert changes["top1_before"] == report["steps"][0]["top1"]  # PassContext.evaluate is top-1
-    assert changes["calibration"] == 16 and changes["finetune"] is False
+    assert changes["calibration"] == 16 and changes["training"] is False
 
 
 def test_cli_report_shows_the_stored_report(compressed: tuple[Path, Any]) -> None:
