@@ -147,7 +147,14 @@ def _trainer(recipe: Recipe, base_dir: Path, source: OnnxModel) -> Trainer | Non
         return None
     from edgecam.compiler.training.trainer import Trainer
 
-    return Trainer(recipe.training, source.preprocessing, source.inputs[0].name, base_dir, recipe.seed)
+    trainer = Trainer(recipe.training, source.preprocessing, source.inputs[0].name, base_dir, recipe.seed)
+    if (distillation := recipe.distillation) is not None:
+        from edgecam.compiler.training.distill import distillation_loss, teacher_model
+
+        # One loss for every fine-tune of the recipe: the teacher's soft targets plus the labels.
+        teacher = teacher_model(distillation, base_dir, source.proto)
+        trainer.loss = distillation_loss(teacher, distillation.temperature, distillation.alpha)
+    return trainer
 
 
 def load_data(recipe: Recipe, base_dir: Path, source: OnnxModel) -> tuple[EvalSet, list[Feeds]]:
