@@ -54,7 +54,7 @@ class DistillPass(CompressionPass[DistillConfig]):
         config = self.config
         trainer = context.require_training(config.kind)
         teacher = self._load("teacher", config.teacher, trainer.base_dir) if config.teacher else model
-        converted = self._student(teacher, trainer.base_dir)
+        converted = self._student(teacher, trainer.base_dir, trainer.seed)
         check_teacher(teacher, converted.source, "distill: the teacher")
         loss = distillation_loss(teacher, config.temperature, config.alpha)
         student_trainer = dataclasses.replace(trainer, loss=loss)
@@ -71,7 +71,7 @@ class DistillPass(CompressionPass[DistillConfig]):
         }
         return PassResult(exported, changes=changes)
 
-    def _student(self, teacher: Any, base_dir: Path) -> Any:
+    def _student(self, teacher: Any, base_dir: Path, seed: int) -> Any:
         """The student as a TorchModel: the ONNX file converted, or the architecture built fresh and
         exported under the teacher's input/output names and metadata."""
         from edgecam.compiler.training.convert import TorchModel, to_torch
@@ -80,7 +80,10 @@ class DistillPass(CompressionPass[DistillConfig]):
             return to_torch(self._load("student", self.config.student, base_dir))
         from edgecam.models import architectures
 
+        import torch
+
         assert self.config.architecture is not None  # _one_student
+        torch.manual_seed(seed)  # the fresh student's initial weights follow the recipe's seed
         try:
             module = architectures.build(self.config.architecture, self.config.width)
         except ValueError as exc:
