@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=60000, help="training images QAT fine-tunes on")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--distill", action="store_true", help="fine-tune on the fp32 model's soft targets (distillation:)"
+    )
     args = parser.parse_args()
     training = {
         "data": {"kind": "fashion_mnist", "split": "train", "limit": args.train},
@@ -96,13 +99,17 @@ def main() -> None:
             {"calibration": {"kind": "fashion_mnist", "split": "train", "limit": 256}},
             Path(tmp) / "ptq",
         )
-        qat = compress_case([{"kind": "qat", "weight_bits": 7}], {"training": training}, Path(tmp) / "qat")
+        extra: dict[str, Any] = {"training": training}
+        if args.distill:  # the teacher is the fp32 model itself: the recipe's model
+            extra["distillation"] = {}
+        qat = compress_case([{"kind": "qat", "weight_bits": 7}], extra, Path(tmp) / "qat")
     created, _ = stamp()
     record = {
         "created": created,
         "machine": machine(),
         "images": 10000,
         "training": training | {"checkpoint_dir": None},
+        "distillation_from_fp32": args.distill,
         "post_training_int8_7bit": ptq,
         "qat_7bit": qat,
         "targets": [
