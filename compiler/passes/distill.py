@@ -78,9 +78,9 @@ class DistillPass(CompressionPass[DistillConfig]):
 
         if self.config.student is not None:
             return to_torch(self._load("student", self.config.student, base_dir))
-        from edgecam.models import architectures
-
         import torch
+
+        from edgecam.models import architectures
 
         assert self.config.architecture is not None  # _one_student
         torch.manual_seed(seed)  # the fresh student's initial weights follow the recipe's seed
