@@ -65,6 +65,7 @@ def compile_model(
     tuned: bool = True,
     sign_key: Ed25519PrivateKey | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    reference: Path | None = None,
 ) -> Artifact:
     """Compile an ONNX model for `target` and write a verified artifact to `out_dir`.
 
@@ -75,16 +76,22 @@ def compile_model(
     replayed when one exists; models with coded weights build untuned (their weights are arguments,
     which the tuned pipeline's weight prepacking cannot fold).
     `tolerance` bounds |TVM - ONNX Runtime| on every output; None: what fits the model
-    (verify.model_tolerance: 1e-4 for a float model, a few quantization steps for an int8 one).
+    (verify.model_tolerance: 1e-4 for a float32 model, epsilons of float16 for an fp16 one, a few
+    quantization steps for an int8 one).
     A codec the runtime cannot decode is refused (InvalidOptionError).
     With `sign_key` the artifact's manifest is signed (edgecam/signing.py).
     `input_shapes` sizes the model's open input dimensions (an open batch is 1 without it).
+    `reference` is the model the camera's shadow mode compares the compiled one with, stored as
+    REFERENCE_NAME: `compress` passes the original (fp32) model; None: the compiled model itself,
+    unless its weights are coded (a raw copy of them would be no reference to compare with).
     Raises CompilerError subclasses; on any failure nothing is written.
     """
     _check_options(tolerance, samples)
     builder = create_target(target, **(target_options or {}))
     on_step("import")
     model = load_onnx(Path(model_path), input_shapes)
+    if reference is not None:
+        _check_reference(Path(reference), model)
     coded = _coded_params(model, weight_coding) if weight_coding is not None else None
     mod = to_relax(model, coded.names if coded else ())
     if coded is not None:
@@ -112,11 +119,10 @@ def compile_model(
         on_step("write")
         manifest = _manifest(model, builder, Path(tmp) / library, verification, build_seconds, coverage)
         files = {library: Path(tmp) / library}
-        if coded is None:
-            # The source model travels along: the server's reference for shadow checks and debugging.
-            files[REFERENCE_NAME] = model.path
-        else:
-            # Not the source model: its raw weights would undo the coding's size gain.
+        # The server's reference for shadow checks and debugging.
+        if reference is not None or coded is None:
+            files[REFERENCE_NAME] = Path(reference) if reference is not None else model.path
+        if coded is not None:
             manifest = _with_coded_weights(manifest, coded, Path(tmp) / WEIGHTS_NAME)
             files[WEIGHTS_NAME] = Path(tmp) / WEIGHTS_NAME
         return write_artifact(Path(out_dir), manifest, files, sign_key)
@@ -175,6 +181,24 @@ def _tuning_coverage(builder: Target, mod: Any) -> tuple[int, int] | None:
     elif tuned < tasks:
         log.info("replaying tuned schedules for %d of %d tasks; the rest keep TVM's defaults", tuned, tasks)
     return tuned, tasks
+
+
+def _check_reference(path: Path, model: OnnxModel) -> None:
+    """Refuse a reference the camera's shadow mode could not feed the model's inputs to."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others on a file that is not a model
+        raise InvalidOptionError(f"reference {path} is not a readable ONNX model: {exc}") from exc
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = {value.name for value in proto.graph.input} - initializers
+    missing = sorted({spec.name for spec in model.inputs} - inputs)
+    if missing:
+        raise InvalidOptionError(
+            f"reference {path} lacks the model's inputs {missing} (it takes {sorted(inputs)}); shadow "
+            "mode feeds it the model's own inputs: give the model this one was compressed from"
+        )
 
 
 def _check_options(tolerance: float | None, samples: int) -> None:

@@ -31,8 +31,8 @@ def compile_command(
     tolerance: float = typer.Option(
         None,
         help="Largest |TVM - ONNX Runtime| output difference accepted (absolute); default: 1e-4 for a float "
-        "model, of each output's largest |value|; 12 quantization steps of each output for an int8 (QDQ) "
-        "one.",
+        "model, of each output's largest |value| (16 epsilons of float16 for an fp16 one); 12 quantization "
+        "steps of each output for an int8 (QDQ) one.",
     ),
     samples: int = typer.Option(8, min=1, help="Inputs compared against ONNX Runtime."),
     sign_key: Path = typer.Option(None, "--sign-key", help=_SIGN_HELP),
@@ -407,15 +407,23 @@ def _compiler_errors(console: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _progress(console: Any) -> Iterator[Callable[[str, int, int], None]]:
-    """A transient progress bar driven by (message, stages done, stages in all) callbacks."""
+    """A transient progress bar driven by (message, stages done, stages in all) callbacks; where the
+    console is no terminal (a log file, CI), which shows no live bar, one line per new message instead."""
+    import time
+
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    started, last = time.monotonic(), [""]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
 
         def on_progress(message: str, done: int, total: int) -> None:
             progress.update(task, description=message, completed=done, total=total)
+            if not console.is_terminal and message != last[0]:
+                last[0] = message
+                elapsed = time.monotonic() - started
+                console.print(f"[{done}/{total}, {elapsed:.0f} s] {message}", markup=False, highlight=False)
 
         yield on_progress
 

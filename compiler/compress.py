@@ -147,7 +147,14 @@ def _trainer(recipe: Recipe, base_dir: Path, source: OnnxModel) -> Trainer | Non
         return None
     from edgecam.compiler.training.trainer import Trainer
 
-    return Trainer(recipe.training, source.preprocessing, source.inputs[0].name, base_dir, recipe.seed)
+    trainer = Trainer(recipe.training, source.preprocessing, source.inputs[0].name, base_dir, recipe.seed)
+    if (distillation := recipe.distillation) is not None:
+        from edgecam.compiler.training.distill import distillation_loss, teacher_model
+
+        # One loss for every fine-tune of the recipe: the teacher's soft targets plus the labels.
+        teacher = teacher_model(distillation, base_dir, source.proto)
+        trainer.loss = distillation_loss(teacher, distillation.temperature, distillation.alpha)
+    return trainer
 
 
 def load_data(recipe: Recipe, base_dir: Path, source: OnnxModel) -> tuple[EvalSet, list[Feeds]]:
@@ -201,7 +208,8 @@ def _check_coding_kept(coding: WeightCoding, before: Any, after: Any, step: str)
     if changed:
         raise RecipeError(
             f"pass {step} changes initializers {changed} that an earlier pass stored as {coding.codec!r} "
-            "coding; reorder the recipe's passes so the coding pass comes last"
+            "coding; reorder the recipe's passes so the coding pass comes last (int8 and weight_sharing "
+            "do not combine in either order: keep one of them)"
         )
 
 
@@ -225,7 +233,7 @@ def compress(
         raise GateFailure(gate_message(report), report)
     steps = len(report.steps) * 2
     on_progress(f"compiling the final model for {recipe.target}", steps, steps + 1)
-    return _write_artifact(measured, recipe, Path(out_dir), sign_key), report
+    return _write_artifact(measured, recipe, Path(out_dir), sign_key)
 
 
 def gate_message(report: Report) -> str:
@@ -246,11 +254,13 @@ def gate_message(report: Report) -> str:
 
 def _write_artifact(
     measured: Measured, recipe: Recipe, out_dir: Path, sign_key: Ed25519PrivateKey | None
-) -> Artifact:
-    """compile_model into a scratch directory, then one atomic write of its files plus the report."""
+) -> tuple[Artifact, Report]:
+    """compile_model into a scratch directory, measure what it built (the report's `artifact`), then
+    one atomic write of its files plus the report."""
     import onnx
 
     from edgecam.compiler.artifact import write_artifact
+    from edgecam.compiler.artifact_figures import measure_artifact
     from edgecam.compiler.build import compile_model
 
     with tempfile.TemporaryDirectory(prefix="edgecam-compress-") as tmp:
@@ -258,21 +268,30 @@ def _write_artifact(
         onnx.save(_with_metadata(measured.model, measured.source.proto), str(final))
         # Passed only when there is a coding, so compile_model without the keyword works too.
         extra: dict[str, Any] = {"weight_coding": measured.coding} if measured.coding is not None else {}
+        # reference: shadow mode on the camera compares the compressed model with the original.
         built = compile_model(
-            final, recipe.target, Path(tmp) / "build", target_options=recipe.target_options, **extra
+            final,
+            recipe.target,
+            Path(tmp) / "build",
+            target_options=recipe.target_options,
+            reference=measured.source.path,
+            **extra,
         )
-        write_json(measured.report, Path(tmp) / REPORT_JSON)
-        write_plot(measured.report, Path(tmp) / REPORT_PNG)
+        final_weights = measured.report.steps[-1].weight_bytes
+        figures = measure_artifact(built, final_weights, measured.report.options)
+        report = measured.report.model_copy(update={"artifact": figures})
+        write_json(report, Path(tmp) / REPORT_JSON)
+        write_plot(report, Path(tmp) / REPORT_PNG)
         files = {name: built.path / name for name in built.manifest.files}
         files |= {REPORT_JSON: Path(tmp) / REPORT_JSON, REPORT_PNG: Path(tmp) / REPORT_PNG}
         manifest = built.manifest.model_copy(
             update={
-                "recipe": measured.report.recipe,
-                "compression": measured.report.summary(),
-                "measurements": {**built.manifest.measurements, **_final_numbers(measured.report)},
+                "recipe": report.recipe,
+                "compression": report.summary(),
+                "measurements": {**built.manifest.measurements, **_final_numbers(report)},
             }
         )
-        return write_artifact(out_dir, manifest, files, sign_key)
+        return write_artifact(out_dir, manifest, files, sign_key), report
 
 
 def _with_metadata(model: Any, source: Any) -> Any:
@@ -304,4 +323,8 @@ def _final_numbers(report: Report) -> dict[str, float]:
         "tvm_p50_ms": last.tvm.p50_ms if last.tvm else None,
         "tvm_p99_ms": last.tvm.p99_ms if last.tvm else None,
     }
+    if (figures := report.artifact) is not None:
+        numbers["artifact_run_bytes"] = figures.run_bytes
+        numbers["artifact_p50_ms"] = figures.latency.p50_ms if figures.latency else None
+        numbers["artifact_p99_ms"] = figures.latency.p99_ms if figures.latency else None
     return {key: float(value) for key, value in numbers.items() if value is not None}

@@ -271,7 +271,8 @@ def serve_timings() -> None:
 
 def _time_job(job: dict[str, Any]) -> tuple[float, float]:
     """p50/p99 of the library on the saved inputs, run by edgecam/library.py: the camera's runner
-    (inputs staged, outputs copied out), so the report times what a camera runs."""
+    (inputs staged, outputs copied out), so the report times what a camera runs. An artifact's coded
+    weights ("weights", decoded, npz) go after the inputs, through its "transform" function as at load."""
     from edgecam.datatypes import from_numpy
     from edgecam.library import CompiledLibrary
     from edgecam.model import TensorSpec
@@ -279,7 +280,11 @@ def _time_job(job: dict[str, Any]) -> tuple[float, float]:
     with np.load(job["inputs"]) as data:  # np.savez's arr_0, arr_1, ...: main's inputs in order
         feed = {f"arr_{i}": data[f"arr_{i}"] for i in range(len(data.files))}
     specs = [TensorSpec(name=k, datatype=from_numpy(v.dtype), shape=list(v.shape)) for k, v in feed.items()]
-    library = CompiledLibrary(Path(job["library"]), specs)
+    params: list[np.ndarray] = []
+    if job.get("weights"):
+        with np.load(job["weights"]) as data:
+            params = [data[f"arr_{i}"] for i in range(len(data.files))]
+    library = CompiledLibrary(Path(job["library"]), specs, params=params, transform=job.get("transform"))
     return time_calls(lambda: library.run(feed), job["runs"], job["warmup"])
 
 
@@ -304,9 +309,19 @@ class RuntimeProcess:
             self._process.wait()
             self._process = None
 
-    def time(self, library: Path, inputs: Path, options: MeasureOptions) -> Latency | str:
-        """p50/p99 of the library's `main` on the saved inputs, or why they could not be measured."""
+    def time(
+        self,
+        library: Path,
+        inputs: Path,
+        options: MeasureOptions,
+        weights: Path | None = None,
+        transform: str | None = None,
+    ) -> Latency | str:
+        """p50/p99 of the library's `main` on the saved inputs, or why they could not be measured.
+        `weights`: arrays (npz) `main` takes after the inputs, through the `transform` function first
+        when given (an artifact's coded weights, as a camera loads them)."""
         job = {"library": str(library), "inputs": str(inputs), "runs": options.runs, "warmup": options.warmup}
+        job |= {"weights": str(weights) if weights else None, "transform": transform}
         process = self.start()
         assert process.stdin is not None  # Popen with stdin=PIPE
         process.stdin.write((json.dumps(job) + "\n").encode())

@@ -40,6 +40,7 @@ from edgecam.compiler.datasets import DatasetConfig
 from edgecam.compiler.errors import RecipeError
 from edgecam.compiler.passes import PassConfig, parse_pass_config
 from edgecam.compiler.training.config import TrainingConfig
+from edgecam.compiler.training.distill import DistillationConfig
 
 
 class Recipe(BaseModel):
@@ -57,6 +58,8 @@ class Recipe(BaseModel):
     calibration: DatasetConfig | None = None
     # Labelled data and budget for the passes that train (compiler/training/config.py).
     training: TrainingConfig | None = None
+    # A teacher: every fine-tune of the recipe trains with the distillation loss (training/distill.py).
+    distillation: DistillationConfig | None = None
     seed: int = 0
 
     @field_validator("passes", mode="before")
@@ -76,6 +79,11 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _training_present(self) -> Recipe:
+        if self.distillation is not None and self.training is None:
+            raise ValueError(
+                "distillation: a teacher trains the student: add a `training:` section with a labelled "
+                "`data` set (e.g. {kind: fashion_mnist, split: train})"
+            )
         for index, config in enumerate(self.passes):
             if config.trains and self.training is None:
                 raise ValueError(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from edgecam.compiler.artifact_figures import ArtifactFigures
 from edgecam.compiler.errors import CompilerError
 from edgecam.compiler.evaluate import Latency, Measurement, MeasureOptions
 
@@ -45,6 +46,8 @@ class Report(BaseModel):
     recipe: dict[str, Any]
     steps: list[Measurement] = Field(min_length=1)
     gate: GateResult
+    # The compiled artifact (`compress` only; None in `report MODEL` and in reports of older edgecam).
+    artifact: ArtifactFigures | None = None
 
     def summary(self) -> dict[str, Any]:
         """What the manifest keeps: the original and final rows (without pass details) and the gate."""
@@ -57,6 +60,7 @@ class Report(BaseModel):
             "final": self.steps[-1].model_dump(mode="json", exclude=exclude),
             "gate": self.gate.model_dump(mode="json"),
             "evaluation_samples": self.evaluation_samples,
+            "artifact": self.artifact.model_dump(mode="json") if self.artifact else None,
         }
 
 
@@ -160,7 +164,31 @@ def _caption(report: Report) -> str:
     ]
     skipped = {step.tvm_skipped for step in report.steps if step.tvm_skipped}
     lines += [f"TVM skipped: {reason}" for reason in sorted(skipped)]
+    if report.artifact is not None:
+        lines += _artifact_lines(report.artifact, report.steps[0])
     return "\n".join(lines)
+
+
+def _artifact_lines(figures: ArtifactFigures, original: Measurement) -> list[str]:
+    """The compiled artifact beside the final row: bytes on disk against weight bytes, and latency."""
+    parts = " + ".join(f"{name} {_kib(size)} KiB" for name, size in figures.files.items())
+    tuned = (
+        f"tuned schedules for {figures.tuned_tasks} of {figures.tuning_tasks} tasks"
+        if figures.tuned_tasks
+        else "untuned"
+    )
+    if figures.latency is not None:
+        timing = f"{tuned}, {figures.threads} threads"
+        speed = f"compiled latency p50/p99 {_latency(figures.latency)} ms ({timing})"
+    else:
+        speed = f"compiled latency skipped: {figures.latency_skipped}"
+    return [
+        f"artifact on disk: {parts}",
+        f"artifact to run (library + coded weights): {_kib(figures.run_bytes)} KiB, "
+        f"{original.weight_bytes / figures.run_bytes:.2f}× smaller than the original's weights "
+        f"(final weights alone: {_kib(figures.weight_bytes)} KiB, "
+        f"{original.weight_bytes / figures.weight_bytes:.2f}×); {speed}",
+    ]
 
 
 # --- plot --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from edgecam.server.runtime.base import LoadedModel, Runtime
 
 log = logging.getLogger(__name__)
 
-REFERENCE_NAME = "reference.onnx"  # what compile_model puts in every artifact
+REFERENCE_NAME = "reference.onnx"  # the original model: compile_model and compress put it in artifacts
 _POLL_S = 0.2  # how long the worker waits for a sample before it looks at the stop flag again
 
 

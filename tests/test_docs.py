@@ -22,3 +22,15 @@ def test_docs_are_in_the_repository_and_nothing_points_outside_it() -> None:
         and path != Path(__file__).resolve()
     ]
     assert offenders == []
+
+
+def test_the_readme_documents_every_pass_kind_and_the_compression_commands() -> None:
+    """A pass kind registered in compiler/passes/ gets a row in README's table of pass kinds."""
+    from edgecam.compiler.passes import pass_kinds
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
+    missing = sorted(set(pass_kinds()) - rows)
+    assert not missing, f"README.md's table of pass kinds lacks {missing}"
+    for command in ("edgecam compress ", "edgecam report "):
+        assert command in text

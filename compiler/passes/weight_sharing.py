@@ -18,6 +18,7 @@ from pydantic import Field
 
 from edgecam import weight_codec
 from edgecam.compiler.passes.backends.onnx import (
+    WEIGHTED_OPS,
     LayerSelection,
     OnnxGraph,
     WeightedLayer,
@@ -77,6 +78,11 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
             values = graph.weight(layer.weight)
             bits = self._bits_for(layer.name)
             shared = share(values, bits, seed=context.seed, max_iter=self.config.max_iter)
+            if len(shared.blob) >= values.nbytes:
+                # A small layer's codebook and header can outweigh its raw tensor (the bundled CNN's
+                # first conv at 8 bits: 1,621 coded bytes for 1,152 raw): the raw one is smaller and exact.
+                skipped[layer.name] = f"coded {len(shared.blob)} bytes >= raw {values.nbytes}: kept raw"
+                continue
             graph.set_weight(layer.weight, shared.codebook[shared.indices])
             encoded[layer.weight] = shared.blob
             layers[layer.name] = _layer_changes(layer.weight, bits, values, shared)
@@ -106,6 +112,7 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
         """The layers to share, each weight once even when several layers use it; and why others are not."""
         config = self.config
         names = [layer.name for layer in graph.weighted_layers(SHARED_OPS)]
+        _refuse_quantized(graph)
         check_patterns("weight_sharing", "layers", config.layers, names, SHARED_OPS)
         check_patterns("weight_sharing", "layer_bits", tuple(config.layer_bits), names, SHARED_OPS)
         selection = LayerSelection(config.layers, config.exclude, config.min_params)
@@ -121,6 +128,32 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
             else:
                 targets.append(layer)
         return targets, skipped
+
+
+def _refuse_quantized(graph: OnnxGraph) -> None:
+    """Weights an `int8` pass quantized reach their layer through DequantizeLinear: k-means codes of
+    int8 values are not what the artifact's codec stores (float codebooks), so say so by name rather
+    than that the layer patterns match nothing."""
+    from edgecam.compiler.errors import PassError
+
+    quantized = []
+    for node in graph.model.graph.node:
+        index = WEIGHTED_OPS.get(node.op_type)
+        if node.op_type not in SHARED_OPS or index is None or len(node.input) <= index:
+            continue
+        producer = graph.producer.get(node.input[index])
+        if (
+            producer is not None
+            and producer.op_type == "DequantizeLinear"
+            and producer.input[0] in graph.initializers
+        ):
+            quantized.append(node.name or node.output[0])
+    if quantized:
+        raise PassError(
+            f"weight_sharing: layers {quantized} have quantized weights (DequantizeLinear of integer "
+            "initializers, from an `int8` pass): int8 and weight_sharing do not combine in one recipe; "
+            "keep one of them"
+        )
 
 
 def share(values: np.ndarray, bits: int, seed: int = 0, max_iter: int = 300) -> _Shared:

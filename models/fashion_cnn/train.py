@@ -32,24 +32,29 @@ POSTPROCESSING = Postprocessing(apply_softmax=True, top_k=3)
 SAMPLES = 1000
 
 
-def build_net() -> torch.nn.Module:
+WIDTHS = (32, 32, 64, 64, 96)  # output channels of the five conv blocks
+
+
+def build_net(widths: tuple[int, int, int, int, int] = WIDTHS) -> torch.nn.Module:
+    """The bundled CNN; narrower `widths` give the students `distill` trains (models/architectures.py)."""
     from torch import nn
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
+    a, b, c, d, e = widths
     return nn.Sequential(
-        *block(1, 32),
-        *block(32, 32),
+        *block(1, a),
+        *block(a, b),
         nn.MaxPool2d(2),  # 14x14
-        *block(32, 64),
-        *block(64, 64),
+        *block(b, c),
+        *block(c, d),
         nn.MaxPool2d(2),  # 7x7
-        *block(64, 96),
+        *block(d, e),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Dropout(0.2),
-        nn.Linear(96, len(LABELS)),
+        nn.Linear(e, len(LABELS)),
     )
 
 

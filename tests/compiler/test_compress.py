@@ -16,7 +16,7 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 from edgecam.cli import app
-from edgecam.compiler.artifact import load_artifact
+from edgecam.compiler.artifact import load_artifact, sha256_file
 from edgecam.compiler.build import compile_model
 from edgecam.compiler.compress import compress, measure_recipe
 from edgecam.compiler.errors import AccuracyGateError, InvalidOptionError, RecipeError
@@ -131,6 +131,12 @@ def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 def test_cli_compress_writes_a_hashed_artifact_with_the_report(compressed: tuple[Path, Any]) -> None:
     out, result = compressed
     assert "1. scale_weights" in result.output and "accuracy gate passed" in result.output
+    assert "artifact to run (library + coded weights)" in result.output  # beside the weight bytes
+    # Not a terminal (CliRunner's pipe): progress as log lines, one per stage, in order.
+    lines = [line for line in result.output.splitlines() if line.startswith("[") and " s] " in line]
+    stages = [line.split(" s] ", 1)[1] for line in lines]
+    assert stages[:2] == [f"loading {MODEL.name} and the data sets", "measuring the original model"]
+    assert "applying 1. scale_weights" in stages and stages[-1] == "compiling the final model for x86_64"
     manifest = load_artifact(out).manifest  # every file's hash checks out
     assert {"model.so", "reference.onnx", "report.json", "report.png"} <= set(manifest.files)
     assert manifest.recipe is not None and manifest.recipe["passes"][0] == SCALE_CONV
@@ -149,17 +155,26 @@ def test_cli_compress_writes_a_hashed_artifact_with_the_report(compressed: tuple
 
 
 def test_the_compiled_model_is_the_compressed_one_and_passes_saw_the_context(
-    compressed: tuple[Path, Any],
+    compressed: tuple[Path, Any], tmp_path: Path
 ) -> None:
+    """The library computes the compressed model; reference.onnx, what shadow mode compares with on
+    the camera, is the original (fp32) model, byte for byte."""
     import onnx
-    from onnx import numpy_helper
+
+    from edgecam.compiler import verify
+    from edgecam.compiler.frontends.onnx import load_onnx
 
     out, _ = compressed
-    weights = {
-        i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "reference.onnx")).graph.initializer
-    }
-    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(MODEL)).graph.initializer}
-    np.testing.assert_array_equal(weights[CONV], original[CONV] * np.float32(1.02))
+    assert sha256_file(out / "reference.onnx") == sha256_file(MODEL)
+    scaled = ScaleWeights(ScaleWeightsConfig(initializer=CONV, factor=1.02)).apply(
+        onnx.load(str(MODEL)), PassContext([], tmp_path)
+    )
+    onnx.save(scaled.model, str(tmp_path / "scaled.onnx"))
+    feeds = verify.sample_inputs(load_onnx(MODEL), 2)
+    got = verify.run_library(out / "model.so", feeds, ["image"])
+    want = verify.run_onnxruntime(tmp_path / "scaled.onnx", feeds)
+    original = verify.run_onnxruntime(MODEL, feeds)
+    assert verify.max_difference(got, want) < verify.max_difference(original, want) / 10
     report = json.loads((out / "report.json").read_text())
     changes = report["steps"][1]["changes"]
     assert changes["top1_before"] == report["steps"][0]["top1"]  # PassContext.evaluate is top-1
@@ -235,6 +250,31 @@ def test_the_last_coding_reaches_the_artifact(tmp_path: Path) -> None:
     assert artifact.manifest.measurements["weight_bytes"] == report.steps[-1].weight_bytes
     manifest = load_artifact(artifact.path).manifest
     assert manifest.compression is not None and manifest.coded_weights is not None
+    # A weight-coded artifact has a shadow reference too: the original model, not the coded one.
+    assert manifest.files["reference.onnx"] == sha256_file(MODEL)
+    # The report has the artifact's bytes on disk beside the weight bytes, and its compiled latency.
+    figures = report.artifact
+    assert figures is not None and figures.weight_bytes == report.steps[-1].weight_bytes
+    on_disk = {name: (artifact.path / name).stat().st_size for name in ("model.so", "weights.ecw")}
+    assert figures.files["model.so"] == on_disk["model.so"]
+    assert figures.run_bytes == sum(on_disk.values()) > figures.weight_bytes  # the library is code too
+    assert "reference.onnx" in figures.files and figures.latency is not None
+    assert figures.latency.p50_ms > 0 and figures.latency_skipped is None
+    assert manifest.measurements["artifact_run_bytes"] == figures.run_bytes
+    stored = json.loads((artifact.path / "report.json").read_text())
+    assert stored["artifact"]["run_bytes"] == figures.run_bytes
+
+
+def test_a_reference_without_the_models_inputs_is_refused(tmp_path: Path) -> None:
+    import onnx
+
+    other = onnx.load(str(MODEL))
+    other.graph.input[0].name = "picture"
+    other.graph.node[0].input[0] = "picture"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(InvalidOptionError, match=r"lacks the model's inputs \['image'\]"):
+        compile_model(MODEL, "x86_64", tmp_path / "art", reference=tmp_path / "other.onnx")
+    assert not (tmp_path / "art").exists()
 
 
 def test_a_coding_the_camera_cannot_decode_is_refused_and_nothing_written(tmp_path: Path) -> None:

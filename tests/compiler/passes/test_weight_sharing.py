@@ -176,3 +176,24 @@ def test_an_all_zero_layer_and_a_pattern_matching_nothing(tmp_path: Path) -> Non
         apply({"kind": "weight_sharing", "layers": ["conv*"]}, mlp(), tmp_path)
     with pytest.raises(PassError, match="`layer_bits` pattern 'fc9'"):
         apply({"kind": "weight_sharing", "layer_bits": {"fc9": 3}}, mlp(), tmp_path)
+
+
+def test_a_layer_whose_coding_is_bigger_than_its_raw_weights_stays_raw(tmp_path: Path) -> None:
+    """conv2's 64 weights at 8 bits: a 64-entry float codebook alone is as big as the raw tensor."""
+    model = residual_net()
+    result = apply({"kind": "weight_sharing", "bits": 8, "layer_bits": {"conv1": 3}}, model, tmp_path)
+    assert result.coding is not None
+    assert "c2_w" not in result.coding.encoded and "c1_w" in result.coding.encoded
+    assert result.changes["skipped"]["conv2"].endswith("kept raw")
+    assert "conv2" not in result.changes["layers"]
+    np.testing.assert_array_equal(weights_of(result.model)["c2_w"], weights_of(model)["c2_w"])
+    for entry in result.changes["layers"].values():  # whatever is coded is smaller than it was
+        assert entry["coded_bytes"] < entry["raw_bytes"]
+
+
+def test_weight_sharing_after_int8_is_refused_by_name(tmp_path: Path) -> None:
+    model = residual_net()
+    context = PassContext(random_feeds(model, 8), tmp_path)
+    quantized = create_pass(parse_pass_config({"kind": "int8"})).apply(model, context).model
+    with pytest.raises(PassError, match=r"int8 and weight_sharing do not combine.*keep one of them"):
+        apply({"kind": "weight_sharing"}, quantized, tmp_path)
