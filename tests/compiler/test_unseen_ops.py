@@ -76,9 +76,10 @@ def test_a_squeeze_excitation_gate_is_computed_once_per_channel_and_multiplied_i
 ) -> None:
     path = _squeeze_excite_concat(tmp_path / "se.onnx")
     script = kernel(path, "sigmoid_multiply")
-    # The sigmoid in a block of its own over the 32 channels, not inside the 56×56×32 product's.
-    [gate] = [line for line in script.splitlines() if "T.sigmoid(" in line]
-    assert "T_multiply" not in gate and "= T.sigmoid(" in gate
+    # The sigmoid (its exp's bit shift) in a block of its own over the 32 channels, not inside the
+    # 56×56×32 product's.
+    [gate] = [line for line in script.splitlines() if "T.reinterpret(" in line]
+    assert "T_multiply" not in gate and gate.strip().startswith("fast_sigmoid_intermediate[")
     assert re.search(r"for \w+ in T\.parallel\(T\.int64\(3136\)\)", script)  # the product's positions
     _matches_onnxruntime(path, (1, 16, 56, 56))
 
