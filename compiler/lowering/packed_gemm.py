@@ -15,7 +15,11 @@ it: NR is the packed block, MR (positions per tile) is recorded on the compute a
 CPU schedule (compiler/targets/cpu_gemm.py). Where MR divides no whole number of positions (a 7×7
 map's 49 positions: only 7 does, and 7 positions × 2 vectors overflow AVX2's registers) the GEMM
 runs over the positions rounded up to a multiple of MR; the extra rows repeat the last position
-(its index clamped), and only the real rows are stored.
+(its index clamped), and only the real rows are stored. Likewise a float layer whose outputs fill no
+whole vector (a classifier's 1000, ShuffleNet's 58 and 116, the 24, 40 or 72 of mobile networks under
+AVX-512) gets output channels rounded up to whole vectors, their packed weights zero, and only the
+real outputs are stored: TOPI's conv with RegisterTiles had taken those, SqueezeNet's 512 → 1000
+classifier conv alone a fifth of the network's time.
 
 A dense layer at batch 1 (a classifier) is a GEMM of one row: its weights, megabytes read once per
 frame, stream from one contiguous run per tile (MobileNetV2's 1280 → 1000 classifier, one znver3
@@ -114,16 +118,25 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
                 return None
         positions = math.prod(int(d) for d in list(call.ty.shape)[:-1])
         grouped = _group_outputs(call, weights)
+        outputs = int(weights.shape[-1])
         if grouped is not None and dot is None:
             tile = _grouped_tile(positions, grouped, lanes)
         elif grouped is None:
-            tile = choose_gemm_tile(positions, weights.shape[-1], lanes, dot)
+            # Float outputs rounded up to whole vectors (module docstring); integer ones as they are.
+            padded = outputs if dot else -(-outputs // lanes) * lanes
+            tile = choose_gemm_tile(positions, padded, lanes, dot)
+            weights = np.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, padded - outputs)])
         else:  # integer grouped convs keep TOPI's
             return None
         if tile is None:
             return None
         compute = functools.partial(
-            gemm, tile_positions=tile.positions, window=window, dot=dot, group_outputs=grouped
+            gemm,
+            tile_positions=tile.positions,
+            window=window,
+            dot=dot,
+            group_outputs=grouped,
+            outputs=outputs,
         )
         packed_weights = relax.const(pack(weights, tile, dot))
         return builder.call_te(compute, call.args[0], packed_weights, primfunc_name_hint=COMPUTE)
@@ -227,10 +240,12 @@ def gemm(
     window: Window | None,
     dot: Dot | None = None,
     group_outputs: int | None = None,
+    outputs: int | None = None,
 ) -> Any:
     """The TE compute: out[p, o] = Σ_(window, c) data[p + window, c] · w[o / NR, window, c, o % NR]
     over the output positions p (a conv's [n, y, x], a dense layer's rows), as a GEMM whose rows are
-    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it.
+    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it. The
+    first `outputs` of its columns are stored (all where None): the packed weights' others are zero.
     With a `dot`, c runs as (c / group, c % group), the latter innermost in the weights, in int32.
     A grouped conv (`group_outputs` outputs per group, a multiple of NR) reads its group's channels:
     data[..., o / group_outputs · channels + c], the same for a tile's NR outputs."""
@@ -284,7 +299,7 @@ def gemm(
         attrs=attrs,
     )
     return te.compute(
-        (*leading, blocks * block),
+        (*leading, outputs or blocks * block),
         lambda *index: sums[_ravel(list(index)[:-1], leading), list(index)[-1]],
         name=f"{COMPUTE}_rows",
     )

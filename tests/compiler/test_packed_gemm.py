@@ -84,6 +84,8 @@ def test_packing_puts_each_tiles_weights_in_one_run() -> None:
         (196, 576, Tile(4, 24)),  # 14×14: 4 positions × 3 vectors divide
         (49, 960, Tile(5, 16)),  # 7×7: 49 positions padded to 50, 5 × 2 vectors
         (49, 40, Tile(7, 8)),  # 5 vectors of outputs: no padded tile pays, 7 × 1
+        # 13×13: unpadded only 1 position × 8 vectors (a weight load per multiply-add); padded to 174
+        (169, 256, Tile(6, 16)),
     ],
 )
 def test_the_tile(positions: int, outputs: int, tile: Tile) -> None:
@@ -103,6 +105,19 @@ def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: P
     assert re.search(r"T\.where\(.* < T\.int64\(49\)\)", script)
 
 
+def test_outputs_that_fill_no_whole_vector_are_padded_and_only_the_real_ones_stored(tmp_path: Path) -> None:
+    # ShuffleNet's 58 outputs: 64 computed (weights zero past 58), the conv's result 58 wide.
+    module = relax_module(conv_net(tmp_path / "m.onnx", 32, 14, 58))
+    [packed] = [c for c in _constants(module) if c.ndim == 5]
+    assert packed.shape[0] * packed.shape[-1] == 64
+    np.testing.assert_array_equal(
+        packed.reshape(-1, 32, packed.shape[-1]).transpose(1, 0, 2).reshape(32, 64)[:, 58:], 0
+    )
+    script = kernel(conv_net(tmp_path / "m.onnx", 32, 14, 58), COMPUTE)
+    assert "T.sblock_alloc_buffer((T.int64(196), T.int64(64)))" in script
+    assert "T.Buffer((T.int64(1), T.int64(14), T.int64(14), T.int64(58))" in script
+
+
 @pytest.mark.parametrize(
     ("channels", "size", "outputs", "epilogue", "batch", "conv"),
     [
@@ -117,6 +132,8 @@ def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: P
         (3, 15, 32, "relu6", 1, {"kernel_shape": [3, 3], "pads": [0, 0, 1, 1], "strides": [2, 2]}),
         (8, 11, 16, "none", 2, {"kernel_shape": [3, 3], "pads": [2, 1, 2, 1], "dilations": [2, 1]}),
         (16, 14, 24, "relu6", 1, {"strides": [2, 2]}),
+        (32, 13, 58, "relu6", 1, None),  # outputs padded to 64, positions to 174
+        (58, 7, 58, "residual", 1, None),
     ],
 )
 def test_the_library_matches_onnxruntime(
