@@ -117,8 +117,7 @@ def choose_tile(
     vector per multiply-add), and only when its best tile scores PAD_GAIN more, its padding rows
     counted as lost work, squared for the idle rows. On a znver3, a 1×1 conv on a 7×7 map: 2 vectors
     × 5 positions padded to 50 ran at 41-42 GMAC/s, 2 × 6 padded to 54 at 34-39, 1 × 7 unpadded at
-    26-33; on a 112×112 map (where 2 × 4 divides),
-    2 × 6 padded ran at half the speed of 2 × 4."""
+    26-33; on a 112×112 map (where 2 × 4 divides), 2 × 6 padded ran at half the speed of 2 × 4."""
     best: dict[bool, tuple[float, int, int, tuple[int, int]]] = {}
     for rows in (k for k in range(1, height + 1) if height % k == 0 and (k * width) % lanes == 0):
         vectors = rows * width // lanes
