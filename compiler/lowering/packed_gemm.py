@@ -39,7 +39,8 @@ stay within one group's outputs (_grouped_tile), every input value a tile reads 
 broadcast, and its weights pack as a plain conv's; TOPI's grouped conv had been a loop with the
 output channels innermost, gathering a group's inputs for each, its sums in memory (ResNeXt-26
 32×4d 85.8 → 74.3 ms, RegNetY-400MF 6.4 → 5.9 ms, old and new library in turns: bench/README.md).
-Others keep TOPI's.
+Groups of too few outputs for a vector are merged into block-diagonal ones (merge_groups). Others
+keep TOPI's.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
         grouped = _group_outputs(call, weights)
         outputs = int(weights.shape[-1])
         if grouped is not None and dot is None:
+            weights, grouped = merge_groups(weights, grouped, lanes)
             tile = _grouped_tile(positions, grouped, lanes)
         elif grouped is None:
             # Float outputs rounded up to whole vectors (module docstring); integer ones as they are.
@@ -161,6 +163,32 @@ def _group_outputs(call: Any, weights: np.ndarray) -> int | None:
     """A grouped (not depthwise) conv's output channels per group; None for groups 1."""
     groups = int(call.attrs.groups) if hasattr(call.attrs, "groups") else 1
     return None if groups == 1 else int(weights.shape[-1]) // groups
+
+
+def merge_groups(weights: np.ndarray, group_outputs: int, lanes: int) -> tuple[np.ndarray, int]:
+    """A grouped conv's HWIO weights and outputs per group, with groups whose outputs fill no vector
+    of `lanes` or `lanes` / 2 (≥ 4) merged into the fewest that do: m groups become one whose
+    weights are block-diagonal ([kh, kw, m · channels, m · outputs], zero across the merged groups),
+    so each output adds m times the products, the zero ones included. ResNeXt's groups of 4 outputs
+    under AVX-512: 2 merged, half-width vectors; unmerged they were TOPI's grouped conv, a scalar
+    loop (16 ms per 56×56 layer where the packed GEMMs around it took 2-5 ms, loaded host). Depthwise
+    convs (one input channel per group) are left to RegisterTiles, which wastes no products."""
+    *window, channels, outputs = weights.shape
+    widths = [w for w in (lanes, lanes // 2) if w >= 4]
+    if channels == 1 or any(group_outputs % w == 0 for w in widths):
+        return weights, group_outputs
+    groups = outputs // group_outputs
+    merge = next(
+        (m for m in range(2, groups + 1) if groups % m == 0 and m * group_outputs % widths[-1] == 0), None
+    )
+    if merge is None:
+        return weights, group_outputs
+    merged = np.zeros((*window, merge * channels, outputs), weights.dtype)
+    for group in range(groups):
+        at = group % merge  # its place within the merged group: its own block of input channels
+        columns = slice(group * group_outputs, (group + 1) * group_outputs)
+        merged[..., at * channels : (at + 1) * channels, columns] = weights[..., columns]
+    return merged, merge * group_outputs
 
 
 def _grouped_tile(positions: int, group_outputs: int, lanes: int) -> Tile | None:
