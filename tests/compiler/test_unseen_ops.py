@@ -163,4 +163,5 @@ def test_a_batchnorm_after_a_concatenation_stays_channels_last(tmp_path: Path) -
     text = relax_module(path)["main"].script()
     assert "R.nn.batch_norm(" not in text
     assert text.count("R.permute_dims(") + text.count("R.layout_transform(") == 2
+    assert re.search(r"def fused_\w*subtract\w*_relu\(", kernel(path, "relu"))  # one kernel with the ReLU
     _matches_onnxruntime(path, (1, 16, 14, 14))
