@@ -65,6 +65,9 @@ TILE_ATTR = "edgecam.tile_positions"  # block annotation: positions per register
 # that supplied the Dot) and its lanes, all the CPU schedule needs to tensorize it.
 DOT_ATTR = "edgecam.dot"
 DOT_LANES_ATTR = "edgecam.dot_lanes"
+# How much longer than a float layer's outputs its padded output channels may be (output_vectors):
+# 58 → 64, 116 → 128, 1000 → 1008.
+MAX_OUTPUT_PADDING = 1.125
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,8 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
             tile = _grouped_tile(positions, grouped, lanes)
         elif grouped is None:
             # Float outputs rounded up to whole vectors (module docstring); integer ones as they are.
-            padded = outputs if dot else -(-outputs // lanes) * lanes
-            tile = choose_gemm_tile(positions, padded, lanes, dot)
+            padded, width = (outputs, lanes) if dot else output_vectors(outputs, lanes)
+            tile = choose_gemm_tile(positions, padded, width, dot, ACCUMULATOR_BUDGET[lanes])
             weights = np.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, padded - outputs)])
         else:  # integer grouped convs keep TOPI's
             return None
@@ -149,14 +152,29 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
     return mod, count
 
 
-def choose_gemm_tile(positions: int, outputs: int, lanes: int, dot: Dot | None = None) -> Tile | None:
+def choose_gemm_tile(
+    positions: int, outputs: int, lanes: int, dot: Dot | None = None, budget: int | None = None
+) -> Tile | None:
     """The register tile of a GEMM of `positions` rows and `outputs` columns (cpu_tiles.choose_tile,
-    positions paddable), in vectors of `lanes` floats or of `dot`'s lanes."""
+    positions paddable), in vectors of `lanes` floats or of `dot`'s lanes; at most `budget`
+    accumulator registers (default: ACCUMULATOR_BUDGET for `lanes`)."""
     if dot is not None:
         tile = choose_tile(outputs, 1, positions, dot.lanes, dot.accumulators, True, DOT_COSTS)
     else:
-        tile = choose_tile(outputs, 1, positions, lanes, ACCUMULATOR_BUDGET[lanes], True, GEMM_COSTS)
+        registers = budget or ACCUMULATOR_BUDGET[lanes]
+        tile = choose_tile(outputs, 1, positions, lanes, registers, True, GEMM_COSTS)
     return Tile(positions=tile[1], channels=tile[0]) if tile else None
+
+
+def output_vectors(outputs: int, lanes: int) -> tuple[int, int]:
+    """(outputs rounded up, vector width) of a float GEMM: whole vectors of `lanes` where that adds
+    at most MAX_OUTPUT_PADDING; else half-width vectors where those need no padding (24, 40, 72 under
+    AVX-512: on a Zen 4, which computes a 512-bit FMA as two 256-bit halves, padding 24 to 32 would
+    only add work); else whole vectors anyway (12 → 16)."""
+    full = -(-outputs // lanes) * lanes
+    if full <= outputs * MAX_OUTPUT_PADDING or outputs % (lanes // 2) or lanes // 2 < 4:
+        return full, lanes
+    return outputs, lanes // 2
 
 
 def _group_outputs(call: Any, weights: np.ndarray) -> int | None:

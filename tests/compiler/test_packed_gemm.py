@@ -15,7 +15,7 @@ from convnets import conv_net, save_graph
 from onnx import helper, numpy_helper
 from x86_kernels import build, kernel, relax_module
 
-from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, pack
+from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, output_vectors, pack
 
 
 def _prepared(path: Path) -> str:
@@ -95,6 +95,20 @@ def test_the_tile(positions: int, outputs: int, tile: Tile) -> None:
     assert choose_gemm_tile(positions, outputs, lanes=8) == tile
 
 
+@pytest.mark.parametrize(
+    ("outputs", "lanes", "padded", "width"),
+    [
+        (1000, 16, 1008, 16),  # a classifier: 0.8% more
+        (58, 16, 64, 16),  # ShuffleNet's
+        (24, 16, 24, 8),  # half-width vectors rather than a third more work
+        (12, 16, 16, 16),  # half-width ones would need padding too
+        (96, 16, 96, 16),
+    ],
+)
+def test_outputs_round_up_to_whole_vectors(outputs: int, lanes: int, padded: int, width: int) -> None:
+    assert output_vectors(outputs, lanes) == (padded, width)
+
+
 def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: Path) -> None:
     script = kernel(conv_net(tmp_path / "m.onnx", 160, 7, 96), COMPUTE)
     # 50 rows: the 50th repeats the 49th (its index clamped), no copy of the input.
@@ -137,6 +151,7 @@ def test_outputs_that_fill_no_whole_vector_are_padded_and_only_the_real_ones_sto
         (16, 14, 24, "relu6", 1, {"strides": [2, 2]}),
         (32, 13, 58, "relu6", 1, None),  # outputs padded to 64, positions to 174
         (58, 7, 58, "residual", 1, None),
+        (16, 14, 12, "relu6", 1, None),  # half-width vectors (4 of AVX2's 8 lanes)
     ],
 )
 def test_the_library_matches_onnxruntime(
