@@ -128,7 +128,10 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
             tile = _grouped_tile(positions, grouped, lanes)
         elif grouped is None:
             # Float outputs rounded up to whole vectors (module docstring); integer ones as they are.
-            padded, width = (outputs, lanes) if dot else output_vectors(outputs, lanes)
+            vectors = (outputs, lanes) if dot else output_vectors(outputs, lanes)
+            if vectors is None:
+                return None
+            padded, width = vectors
             tile = choose_gemm_tile(positions, padded, width, dot, ACCUMULATOR_BUDGET[lanes])
             weights = np.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, padded - outputs)])
         else:  # integer grouped convs keep TOPI's
@@ -166,15 +169,17 @@ def choose_gemm_tile(
     return Tile(positions=tile[1], channels=tile[0]) if tile else None
 
 
-def output_vectors(outputs: int, lanes: int) -> tuple[int, int]:
+def output_vectors(outputs: int, lanes: int) -> tuple[int, int] | None:
     """(outputs rounded up, vector width) of a float GEMM: whole vectors of `lanes` where that adds
-    at most MAX_OUTPUT_PADDING; else half-width vectors where those need no padding (24, 40, 72 under
+    at most MAX_OUTPUT_PADDING; else half-width vectors where those need no padding (24, 40 under
     AVX-512: on a Zen 4, which computes a 512-bit FMA as two 256-bit halves, padding 24 to 32 would
-    only add work); else whole vectors anyway (12 → 16)."""
+    only add work); else None: TOPI's, as before (the few outputs of a squeeze-excitation's 1×1 convs
+    or of the bundled CNN's 10-class classifier, whose tuned schedule its database keeps)."""
     full = -(-outputs // lanes) * lanes
-    if full <= outputs * MAX_OUTPUT_PADDING or outputs % (lanes // 2) or lanes // 2 < 4:
+    if full <= outputs * MAX_OUTPUT_PADDING:
         return full, lanes
-    return outputs, lanes // 2
+    half = lanes // 2
+    return (outputs, half) if half >= 4 and outputs % half == 0 else None
 
 
 def _group_outputs(call: Any, weights: np.ndarray) -> int | None:
