@@ -59,12 +59,6 @@ def to_channels_last(mod: Any) -> Any:
     does not know keep their layout (module docstring)."""
     from tvm import relax
 
-    # A BatchNorm no conv absorbed (DenseNet's pre-activation after a concatenation) becomes the
-    # elementwise ops it computes at inference, which ConvertLayout moves; kept, its tuple result
-    # sat between two transposes (DenseNet-BC: a tenth of its time).
-    # Canonicalized, its tuple's first item is the decomposed value itself: a TupleGetItem left
-    # between it and the ReLU after it splits the two into separate kernels.
-    mod = relax.transform.CanonicalizeBindings()(relax.transform.DecomposeOpsForInference()(mod))
     # Clip's NaN-sanitized bounds become constants; so do transposed Gemm weights, which
     # pack_gemms (run next) packs only as constants.
     mod = fold_constants(mod)

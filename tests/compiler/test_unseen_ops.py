@@ -135,33 +135,3 @@ def test_groups_of_too_few_outputs_merge_into_block_diagonal_ones() -> None:
     assert merge_groups(weights, 4, lanes=8)[1] == 4  # AVX2: 4 fills a half-width vector
     depthwise = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
     assert merge_groups(depthwise, 1, lanes=16)[1] == 1
-
-
-def test_a_batchnorm_after_a_concatenation_stays_channels_last(tmp_path: Path) -> None:
-    """DenseNet's layer: concat → BatchNorm (no conv to fold it into) → ReLU → conv. Kept as the
-    imported op (a tuple result ConvertLayout is not trusted with), the BatchNorm sat between two
-    transposes."""
-    rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("Conv", ["x", "w0"], ["c0"]),
-        helper.make_node("Conv", ["c0", "w1"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-        helper.make_node("Concat", ["c0", "c1"], ["cat"], axis=1),
-        helper.make_node("BatchNormalization", ["cat", "scale", "bias", "mean", "var"], ["bn"]),
-        helper.make_node("Relu", ["bn"], ["r"]),
-        helper.make_node("Conv", ["r", "w2"], ["y"]),
-    ]
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), "w0"),
-        numpy_helper.from_array(rng.standard_normal((8, 16, 3, 3)).astype(np.float32), "w1"),
-        numpy_helper.from_array(rng.standard_normal((16, 24, 1, 1)).astype(np.float32), "w2"),
-        numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "scale"),
-        numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "bias"),
-        numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "mean"),
-        numpy_helper.from_array((0.5 + rng.random(24)).astype(np.float32), "var"),
-    ]
-    path = save_graph(tmp_path / "dense.onnx", nodes, [1, 16, 14, 14], [1, 16, 14, 14], inits)
-    text = relax_module(path)["main"].script()
-    assert "R.nn.batch_norm(" not in text
-    assert text.count("R.permute_dims(") + text.count("R.layout_transform(") == 2
-    assert re.search(r"def fused_\w*subtract\w*_relu\(", kernel(path, "relu"))  # one kernel with the ReLU
-    _matches_onnxruntime(path, (1, 16, 14, 14))
