@@ -15,7 +15,11 @@ it: NR is the packed block, MR (positions per tile) is recorded on the compute a
 CPU schedule (compiler/targets/cpu_gemm.py). Where MR divides no whole number of positions (a 7×7
 map's 49 positions: only 7 does, and 7 positions × 2 vectors overflow AVX2's registers) the GEMM
 runs over the positions rounded up to a multiple of MR; the extra rows repeat the last position
-(its index clamped), and only the real rows are stored.
+(its index clamped), and only the real rows are stored. Likewise a float layer whose outputs fill no
+whole vector (a classifier's 1000, ShuffleNet's 58 and 116, the 24, 40 or 72 of mobile networks under
+AVX-512) gets output channels rounded up to whole vectors, their packed weights zero, and only the
+real outputs are stored: TOPI's conv with RegisterTiles had taken those, SqueezeNet's 512 → 1000
+classifier conv alone a fifth of the network's time.
 
 A dense layer at batch 1 (a classifier) is a GEMM of one row: its weights, megabytes read once per
 frame, stream from one contiguous run per tile (MobileNetV2's 1280 → 1000 classifier, one znver3
@@ -39,7 +43,8 @@ stay within one group's outputs (_grouped_tile), every input value a tile reads 
 broadcast, and its weights pack as a plain conv's; TOPI's grouped conv had been a loop with the
 output channels innermost, gathering a group's inputs for each, its sums in memory (ResNeXt-26
 32×4d 85.8 → 74.3 ms, RegNetY-400MF 6.4 → 5.9 ms, old and new library in turns: bench/README.md).
-Others keep TOPI's.
+Groups of too few outputs for a vector are merged into block-diagonal ones (merge_groups). Others
+keep TOPI's.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ TILE_ATTR = "edgecam.tile_positions"  # block annotation: positions per register
 # that supplied the Dot) and its lanes, all the CPU schedule needs to tensorize it.
 DOT_ATTR = "edgecam.dot"
 DOT_LANES_ATTR = "edgecam.dot_lanes"
+# How much longer than a float layer's outputs its padded output channels may be (output_vectors):
+# 58 → 64, 116 → 128, 1000 → 1008.
+MAX_OUTPUT_PADDING = 1.125
 
 
 @dataclass(frozen=True)
@@ -121,16 +129,29 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
                 return None
         positions = math.prod(int(d) for d in list(call.ty.shape)[:-1])
         grouped = _group_outputs(call, weights)
+        outputs = int(weights.shape[-1])
         if grouped is not None and dot is None:
+            weights, grouped = merge_groups(weights, grouped, lanes)
             tile = _grouped_tile(positions, grouped, lanes)
         elif grouped is None:
-            tile = choose_gemm_tile(positions, weights.shape[-1], lanes, dot)
+            # Float outputs rounded up to whole vectors (module docstring); integer ones as they are.
+            vectors = (outputs, lanes) if dot else output_vectors(outputs, lanes)
+            if vectors is None:
+                return None
+            padded, width = vectors
+            tile = choose_gemm_tile(positions, padded, width, dot, ACCUMULATOR_BUDGET[lanes])
+            weights = np.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, padded - outputs)])
         else:  # integer grouped convs keep TOPI's
             return None
         if tile is None:
             return None
         compute = functools.partial(
-            gemm, tile_positions=tile.positions, window=window, dot=dot, group_outputs=grouped
+            gemm,
+            tile_positions=tile.positions,
+            window=window,
+            dot=dot,
+            group_outputs=grouped,
+            outputs=outputs,
         )
         packed_weights = relax.const(pack(weights, tile, dot))
         operands = [call.args[0], packed_weights]
@@ -144,20 +165,63 @@ def pack_gemms(mod: Any, lanes: int, dots: Sequence[Dot] = ()) -> tuple[Any, int
     return mod, count
 
 
-def choose_gemm_tile(positions: int, outputs: int, lanes: int, dot: Dot | None = None) -> Tile | None:
+def choose_gemm_tile(
+    positions: int, outputs: int, lanes: int, dot: Dot | None = None, budget: int | None = None
+) -> Tile | None:
     """The register tile of a GEMM of `positions` rows and `outputs` columns (cpu_tiles.choose_tile,
-    positions paddable), in vectors of `lanes` floats or of `dot`'s lanes."""
+    positions paddable), in vectors of `lanes` floats or of `dot`'s lanes; at most `budget`
+    accumulator registers (default: ACCUMULATOR_BUDGET for `lanes`)."""
     if dot is not None:
         tile = choose_tile(outputs, 1, positions, dot.lanes, dot.accumulators, True, DOT_COSTS)
     else:
-        tile = choose_tile(outputs, 1, positions, lanes, ACCUMULATOR_BUDGET[lanes], True, GEMM_COSTS)
+        registers = budget or ACCUMULATOR_BUDGET[lanes]
+        tile = choose_tile(outputs, 1, positions, lanes, registers, True, GEMM_COSTS)
     return Tile(positions=tile[1], channels=tile[0]) if tile else None
+
+
+def output_vectors(outputs: int, lanes: int) -> tuple[int, int] | None:
+    """(outputs rounded up, vector width) of a float GEMM: whole vectors of `lanes` where that adds
+    at most MAX_OUTPUT_PADDING; else half-width vectors where those need no padding (24, 40 under
+    AVX-512: on a Zen 4, which computes a 512-bit FMA as two 256-bit halves, padding 24 to 32 would
+    only add work); else None: TOPI's, as before (the few outputs of a squeeze-excitation's 1×1 convs
+    or of the bundled CNN's 10-class classifier, whose tuned schedule its database keeps)."""
+    full = -(-outputs // lanes) * lanes
+    if full <= outputs * MAX_OUTPUT_PADDING:
+        return full, lanes
+    half = lanes // 2
+    return (outputs, half) if half >= 4 and outputs % half == 0 else None
 
 
 def _group_outputs(call: Any, weights: np.ndarray) -> int | None:
     """A grouped (not depthwise) conv's output channels per group; None for groups 1."""
     groups = int(call.attrs.groups) if hasattr(call.attrs, "groups") else 1
     return None if groups == 1 else int(weights.shape[-1]) // groups
+
+
+def merge_groups(weights: np.ndarray, group_outputs: int, lanes: int) -> tuple[np.ndarray, int]:
+    """A grouped conv's HWIO weights and outputs per group, with groups whose outputs fill no vector
+    of `lanes` or `lanes` / 2 (≥ 4) merged into the fewest that do: m groups become one whose
+    weights are block-diagonal ([kh, kw, m · channels, m · outputs], zero across the merged groups),
+    so each output adds m times the products, the zero ones included. ResNeXt's groups of 4 outputs
+    under AVX-512: 2 merged, half-width vectors; unmerged they were TOPI's grouped conv, a scalar
+    loop (16 ms per 56×56 layer where the packed GEMMs around it took 2-5 ms, loaded host). Depthwise
+    convs (one input channel per group) are left to RegisterTiles, which wastes no products."""
+    *window, channels, outputs = weights.shape
+    widths = [w for w in (lanes, lanes // 2) if w >= 4]
+    if channels == 1 or any(group_outputs % w == 0 for w in widths):
+        return weights, group_outputs
+    groups = outputs // group_outputs
+    merge = next(
+        (m for m in range(2, groups + 1) if groups % m == 0 and m * group_outputs % widths[-1] == 0), None
+    )
+    if merge is None:
+        return weights, group_outputs
+    merged = np.zeros((*window, merge * channels, outputs), weights.dtype)
+    for group in range(groups):
+        at = group % merge  # its place within the merged group: its own block of input channels
+        columns = slice(group * group_outputs, (group + 1) * group_outputs)
+        merged[..., at * channels : (at + 1) * channels, columns] = weights[..., columns]
+    return merged, merge * group_outputs
 
 
 def _grouped_tile(positions: int, group_outputs: int, lanes: int) -> Tile | None:
@@ -250,10 +314,12 @@ def gemm(
     window: Window | None,
     dot: Dot | None = None,
     group_outputs: int | None = None,
+    outputs: int | None = None,
 ) -> Any:
     """The TE compute: out[p, o] = Σ_(window, c) data[p + window, c] · w[o / NR, window, c, o % NR]
     over the output positions p (a conv's [n, y, x], a dense layer's rows), as a GEMM whose rows are
-    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it.
+    those positions rounded up to a multiple of `tile_positions`: rows past the last repeat it. The
+    first `outputs` of its columns are stored (all where None): the packed weights' others are zero.
     With a `dot`, c runs as (c / group, c % group), the latter innermost in the weights, in int32;
     a dot with an input offset multiplies data - offset, and `offsets` (offset_sums) is added back.
     A grouped conv (`group_outputs` outputs per group, a multiple of NR) reads its group's channels:
@@ -315,7 +381,7 @@ def gemm(
         value = sums[_ravel(list(index)[:-1], leading), index[-1]]
         return value + offsets[index[-1]] if offsets is not None else value
 
-    return te.compute((*leading, blocks * block), row, name=f"{COMPUTE}_rows")
+    return te.compute((*leading, outputs or blocks * block), row, name=f"{COMPUTE}_rows")
 
 
 def _channel(c: Any, group: list[Any], dot: Dot | None) -> Any:

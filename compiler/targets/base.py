@@ -94,21 +94,27 @@ class Target(abc.ABC):
         """Rewrites of the imported module before `pipeline`: what `build` compiles and what tuning
         must extract its tasks from (the workloads then match). QDQ layers become integer ones where
         `integer_qdq` (compiler/lowering/qdq_to_integer.py); convolutions go channels-last where
-        `channels_last` (compiler/lowering/channels_last.py) and the options do not turn it off."""
+        `channels_last` (compiler/lowering/channels_last.py) and the options do not turn it off; on
+        CPUs (LLVM) sigmoids compute through a vectorizable exp (compiler/lowering/fast_sigmoid.py)."""
         from edgecam.compiler.lowering.qdq_to_integer import fold_qdq, has_qdq
 
         integer = self.integer_qdq and has_qdq(mod)
         if integer:
             mod = fold_qdq(mod)[0]
+        target = self.tvm_target()
         if self.channels_last and self.options.channels_last and (self.integer_channels_last or not integer):
             from edgecam.compiler.lowering.channels_last import to_channels_last
             from edgecam.compiler.lowering.packed_gemm import pack_gemms
             from edgecam.compiler.targets.cpu_tiles import vector_lanes
 
             mod = to_channels_last(mod)
-            target = self.tvm_target()
             dots = self.int8_dots(target) if integer else ()
             mod = pack_gemms(mod, vector_lanes(target), dots)[0]
+        if target.kind.name == "llvm":
+            # After the layout rewrite, which moves relax.sigmoid but not the TE compute it becomes.
+            from edgecam.compiler.lowering.fast_sigmoid import fast_sigmoids
+
+            mod = fast_sigmoids(mod)[0]
         return mod
 
     def int8_dots(self, target: Any) -> tuple[Dot, ...]:

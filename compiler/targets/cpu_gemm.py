@@ -57,8 +57,10 @@ class PackedGemm(CpuRule):
         if weights is None:
             return None
         channels = int(weights.shape[-2 if dot else -1])
-        # A grouped conv's tile may be half a vector register wide (packed_gemm._grouped_tile).
-        lanes = dot[1] if dot else min(vector_lanes(target), channels)
+        # A grouped conv's tile, or one of outputs that fill no whole vector, may be half a vector
+        # register wide (packed_gemm._grouped_tile, packed_gemm.output_vectors).
+        full = vector_lanes(target)
+        lanes = dot[1] if dot else next((w for w in (full, full // 2) if channels % w == 0), channels)
         if channels % lanes:
             return None
         for pad in pads:
@@ -80,7 +82,7 @@ class PackedGemm(CpuRule):
         outer = sch.fuse(*leading) if len(leading) > 1 else leading[0]
         sch.parallel(outer)
         sch.reverse_compute_at(epilogue.block_rv, outer)
-        in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], min(vector_lanes(target), channels))
+        in_vectors(sch, sch.get_loops(epilogue.block_rv)[-1], min(full, channels) if dot else lanes)
         if broadcast is not None:
             _parallel_map(sch, broadcast[1].block_rv, vector_lanes(target))
         if dot is None:

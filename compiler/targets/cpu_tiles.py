@@ -112,11 +112,12 @@ def choose_tile(
     makes whole vectors: LLVM spills odd-length vectors such as <49 x float> on every use.
 
     Padding (the positions of a packed GEMM, compiler/lowering/packed_gemm.py) is for axes no tile
-    wider than one vector divides (a 7×7 map's 49 positions: 1 or 7), and only when its best tile
-    scores PAD_GAIN more, its padding rows counted as lost work, squared for the idle rows. On
-    a znver3, a 1×1 conv on a 7×7 map: 2 vectors × 5 positions padded to 50 ran at 41-42 GMAC/s,
-    2 × 6 padded to 54 at 34-39, 1 × 7 unpadded at 26-33; on a 112×112 map (where 2 × 4 divides),
-    2 × 6 padded ran at half the speed of 2 × 4."""
+    wider than one vector divides (a 7×7 map's 49 positions: 1 or 7) or where the best unpadded tile
+    has a single channel (a 13×13 map's 169 positions: 1 or 13; 9 vectors × 1 position loads a weight
+    vector per multiply-add), and only when its best tile scores PAD_GAIN more, its padding rows
+    counted as lost work, squared for the idle rows. On a znver3, a 1×1 conv on a 7×7 map: 2 vectors
+    × 5 positions padded to 50 ran at 41-42 GMAC/s, 2 × 6 padded to 54 at 34-39, 1 × 7 unpadded at
+    26-33; on a 112×112 map (where 2 × 4 divides), 2 × 6 padded ran at half the speed of 2 × 4."""
     best: dict[bool, tuple[float, int, int, tuple[int, int]]] = {}
     for rows in (k for k in range(1, height + 1) if height % k == 0 and (k * width) % lanes == 0):
         vectors = rows * width // lanes
@@ -129,7 +130,8 @@ def choose_tile(
             if entry[:2] > best.get(padded > channels, (0.0, 0))[:2]:
                 best[padded > channels] = entry
     plain, padding = best.get(False), best.get(True)
-    if padding and (plain is None or (plain[2] == 1 and padding[0] > PAD_GAIN * plain[0])):
+    thin = plain is not None and 1 in (plain[2], plain[3][1])
+    if padding and (plain is None or (thin and padding[0] > PAD_GAIN * plain[0])):
         return padding[3]
     return plain[3] if plain else None
 

@@ -15,7 +15,7 @@ from convnets import conv_net, save_graph
 from onnx import helper, numpy_helper
 from x86_kernels import build, kernel, relax_module
 
-from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, pack
+from edgecam.compiler.lowering.packed_gemm import COMPUTE, Tile, choose_gemm_tile, output_vectors, pack
 
 
 def _prepared(path: Path) -> str:
@@ -60,9 +60,12 @@ def test_full_and_strided_convs_are_packed_gemms_too(tmp_path: Path, conv: dict[
     assert "R.nn.conv2d" not in text and f"R.call_tir({COMPUTE}," in text
 
 
-def test_grouped_convs_keep_topis_conv(tmp_path: Path) -> None:
-    text = _prepared(conv_net(tmp_path / "m.onnx", 16, 8, 16, group=8))
-    assert "R.nn.conv2d" in text and COMPUTE not in text
+def test_grouped_convs_of_too_few_outputs_per_group_are_merged_gemms(tmp_path: Path) -> None:
+    # 8 groups of 2 inputs and 2 outputs; AVX2's narrowest vector is 4: pairs merged, 4 × 4 weights.
+    module = relax_module(conv_net(tmp_path / "m.onnx", 16, 8, 16, group=8))
+    text = str(module["main"].script())
+    assert "R.nn.conv2d" not in text and f"R.call_tir({COMPUTE}," in text
+    assert [c.shape for c in _constants(module) if c.ndim == 5] == [(4, 1, 1, 4, 4)]
 
 
 def test_packing_puts_each_tiles_weights_in_one_run() -> None:
@@ -84,10 +87,29 @@ def test_packing_puts_each_tiles_weights_in_one_run() -> None:
         (196, 576, Tile(4, 24)),  # 14×14: 4 positions × 3 vectors divide
         (49, 960, Tile(5, 16)),  # 7×7: 49 positions padded to 50, 5 × 2 vectors
         (49, 40, Tile(7, 8)),  # 5 vectors of outputs: no padded tile pays, 7 × 1
+        # 13×13: unpadded only 1 position × 8 vectors (a weight load per multiply-add); padded to 174
+        (169, 256, Tile(6, 16)),
     ],
 )
 def test_the_tile(positions: int, outputs: int, tile: Tile) -> None:
     assert choose_gemm_tile(positions, outputs, lanes=8) == tile
+
+
+@pytest.mark.parametrize(
+    ("outputs", "lanes", "padded", "width"),
+    [
+        (1000, 16, 1008, 16),  # a classifier: 0.8% more
+        (58, 16, 64, 16),  # ShuffleNet's
+        (24, 16, 24, 8),  # half-width vectors rather than a third more work
+        (12, 16, None, None),  # half-width ones would need padding too: TOPI's
+        (10, 8, None, None),  # the bundled CNN's classifier keeps its tuned schedule
+        (96, 16, 96, 16),
+    ],
+)
+def test_outputs_round_up_to_whole_vectors(
+    outputs: int, lanes: int, padded: int | None, width: int | None
+) -> None:
+    assert output_vectors(outputs, lanes) == (None if padded is None else (padded, width))
 
 
 def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: Path) -> None:
@@ -101,6 +123,19 @@ def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: P
     assert re.search(r"in T\.unroll\(T\.int64\(5\)\):\n\s+for \w+ in T\.unroll\(T\.int64\(2\)\):", reduction)
     assert re.search(r"T\.vectorized\(T\.int64\(8\)\)", reduction)
     assert re.search(r"T\.where\(.* < T\.int64\(49\)\)", script)
+
+
+def test_outputs_that_fill_no_whole_vector_are_padded_and_only_the_real_ones_stored(tmp_path: Path) -> None:
+    # ShuffleNet's 58 outputs: 64 computed (weights zero past 58), the conv's result 58 wide.
+    module = relax_module(conv_net(tmp_path / "m.onnx", 32, 14, 58))
+    [packed] = [c for c in _constants(module) if c.ndim == 5]
+    assert packed.shape[0] * packed.shape[-1] == 64
+    np.testing.assert_array_equal(
+        packed.reshape(-1, 32, packed.shape[-1]).transpose(1, 0, 2).reshape(32, 64)[:, 58:], 0
+    )
+    script = kernel(conv_net(tmp_path / "m.onnx", 32, 14, 58), COMPUTE)
+    assert "T.sblock_alloc_buffer((T.int64(196), T.int64(64)))" in script
+    assert "T.Buffer((T.int64(1), T.int64(14), T.int64(14), T.int64(58))" in script
 
 
 @pytest.mark.parametrize(
@@ -117,6 +152,9 @@ def test_padded_positions_compute_extra_rows_and_store_the_real_ones(tmp_path: P
         (3, 15, 32, "relu6", 1, {"kernel_shape": [3, 3], "pads": [0, 0, 1, 1], "strides": [2, 2]}),
         (8, 11, 16, "none", 2, {"kernel_shape": [3, 3], "pads": [2, 1, 2, 1], "dilations": [2, 1]}),
         (16, 14, 24, "relu6", 1, {"strides": [2, 2]}),
+        (32, 13, 58, "relu6", 1, None),  # outputs padded to 64, positions to 174
+        (58, 7, 58, "residual", 1, None),
+        (16, 14, 12, "relu6", 1, None),  # half-width vectors (4 of AVX2's 8 lanes)
     ],
 )
 def test_the_library_matches_onnxruntime(

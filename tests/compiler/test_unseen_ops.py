@@ -14,6 +14,8 @@ from convnets import conv_net, save_graph
 from onnx import helper, numpy_helper
 from x86_kernels import build, kernel, relax_module
 
+from edgecam.compiler.lowering.packed_gemm import merge_groups
+
 
 def _matches_onnxruntime(path: Path, shape: tuple[int, ...]) -> None:
     import tvm
@@ -76,9 +78,10 @@ def test_a_squeeze_excitation_gate_is_computed_once_per_channel_and_multiplied_i
 ) -> None:
     path = _squeeze_excite_concat(tmp_path / "se.onnx")
     script = kernel(path, "sigmoid_multiply")
-    # The sigmoid in a block of its own over the 32 channels, not inside the 56×56×32 product's.
-    [gate] = [line for line in script.splitlines() if "T.sigmoid(" in line]
-    assert "T_multiply" not in gate and "= T.sigmoid(" in gate
+    # The sigmoid (its exp's bit shift) in a block of its own over the 32 channels, not inside the
+    # 56×56×32 product's.
+    [gate] = [line for line in script.splitlines() if "T.reinterpret(" in line]
+    assert "T_multiply" not in gate and gate.strip().startswith("fast_sigmoid_intermediate[")
     assert re.search(r"for \w+ in T\.parallel\(T\.int64\(3136\)\)", script)  # the product's positions
     _matches_onnxruntime(path, (1, 16, 56, 56))
 
@@ -90,7 +93,8 @@ def test_a_concatenation_runs_in_parallel(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("channels", "groups", "stride"),
-    [(104, 13, 1), (64, 16, 2), (128, 8, 1)],  # RegNet's 8 per group, ResNeXt's 4 (half vectors), 16
+    # RegNet's 8 per group, ResNeXt's 4 (half vectors), 16; 2 per group: merged in pairs
+    [(104, 13, 1), (64, 16, 2), (128, 8, 1), (32, 16, 1)],
 )
 def test_a_grouped_conv_is_a_packed_gemm_per_group(
     tmp_path: Path, channels: int, groups: int, stride: int
@@ -107,3 +111,27 @@ def test_a_grouped_conv_is_a_packed_gemm_per_group(
 def test_a_depthwise_conv_is_no_grouped_gemm(tmp_path: Path) -> None:
     path = conv_net(tmp_path / "d.onnx", 32, 14, 32, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=32)
     assert "R.nn.conv2d" in relax_module(path)["main"].script()
+
+
+def test_groups_of_too_few_outputs_merge_into_block_diagonal_ones() -> None:
+    """ResNeXt's 32 groups of 4 under AVX-512 (16 lanes; 8 the narrowest vector it takes): pairs of
+    groups become one of 8 inputs and 8 outputs, and compute the same conv."""
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((3, 3, 4, 128)).astype(np.float32)  # HWIO, 32 groups
+    merged, outputs = merge_groups(weights, 4, lanes=16)
+    assert merged.shape == (3, 3, 8, 128) and outputs == 8
+    x = rng.standard_normal((3, 3, 128)).astype(np.float32)  # one output position's window
+
+    def grouped_conv(w: np.ndarray, per_group: int) -> np.ndarray:
+        inputs = w.shape[2]
+        groups = [
+            (x[..., g * inputs : (g + 1) * inputs], w[..., g * per_group : (g + 1) * per_group])
+            for g in range(128 // per_group)
+        ]
+        return np.concatenate([np.einsum("hwc,hwco->o", data, part) for data, part in groups])
+
+    np.testing.assert_allclose(grouped_conv(merged, 8), grouped_conv(weights, 4), rtol=1e-5)
+    assert np.count_nonzero(merged) == weights.size  # the rest are the zeros across merged groups
+    assert merge_groups(weights, 4, lanes=8)[1] == 4  # AVX2: 4 fills a half-width vector
+    depthwise = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
+    assert merge_groups(depthwise, 1, lanes=16)[1] == 1
