@@ -27,10 +27,13 @@ def test_docs_are_in_the_repository_and_nothing_points_outside_it() -> None:
 def test_the_readme_documents_every_pass_kind_and_the_compression_commands() -> None:
     """A pass kind registered in compiler/passes/ gets a row in README's table of pass kinds."""
     from edgecam.compiler.passes import pass_kinds
+    from edgecam.compiler.passes.base import registered
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
-    missing = sorted(set(pass_kinds()) - rows)
+    # Only edgecam's own passes: tests register toy kinds in the same process.
+    shipped = {k for k in pass_kinds() if registered()[k].__module__.startswith("edgecam.compiler.passes")}
+    missing = sorted(shipped - rows)
     assert not missing, f"README.md's table of pass kinds lacks {missing}"
     for command in ("edgecam compress ", "edgecam report "):
         assert command in text
