@@ -149,7 +149,10 @@ def _trainer(recipe: Recipe, base_dir: Path, source: OnnxModel) -> Trainer | Non
 
     trainer = Trainer(recipe.training, source.preprocessing, source.inputs[0].name, base_dir, recipe.seed)
     if (distillation := recipe.distillation) is not None:
+        from edgecam.compiler.training import require_train_extra
         from edgecam.compiler.training.distill import distillation_loss, teacher_model
+
+        require_train_extra("the recipe's `distillation:`")
 
         # One loss for every fine-tune of the recipe: the teacher's soft targets plus the labels.
         teacher = teacher_model(distillation, base_dir, source.proto)

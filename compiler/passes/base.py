@@ -70,6 +70,9 @@ class PassContext:
             raise RecipeError(
                 f"pass {kind!r} trains and needs the recipe's `training:` section with a labelled data set"
             )
+        from edgecam.compiler.training import require_train_extra
+
+        require_train_extra(f"pass {kind!r}")
         return self.training
 
 

@@ -9,3 +9,21 @@
 
 torch is imported inside functions only: recipes are parsed where the train extra is not installed.
 """
+
+from importlib.util import find_spec
+
+# What a recipe that trains needs beyond the compiler extra (pyproject.toml's `train` extra).
+_TRAIN_MODULES = ("torch", "onnx2torch", "torch_pruning")
+
+
+def require_train_extra(what: str) -> None:
+    """TrainingError naming `what` and the install command when the train extra is missing: a bare
+    ModuleNotFoundError from deep inside a pass says neither."""
+    from edgecam.compiler.errors import TrainingError
+
+    missing = [name for name in _TRAIN_MODULES if find_spec(name) is None]
+    if missing:
+        raise TrainingError(
+            f"{what} trains, which needs {', '.join(missing)}: install the train extra "
+            "(pip install 'edgecam[train]'; torch is pinned to its CPU build)"
+        )
