@@ -310,7 +310,10 @@ def _with_coded_weights(manifest: Manifest, coded: _CodedParams, path: Path) -> 
     """Write the bundle to `path` and record it (its sha256 is added with every file's)."""
     weight_codec.write_bundle(path, coded.blobs)
     entry = CodedWeights(
-        file=path.name, codec=weight_codec.CODEC, params=coded.names, transform=coded.transform
+        file=path.name,
+        codec=weight_codec.codec_of(coded.blobs.values()),
+        params=coded.names,
+        transform=coded.transform,
     )
     measurements = {**manifest.measurements, "coded_weight_bytes": float(path.stat().st_size)}
     return manifest.model_copy(update={"coded_weights": entry, "measurements": measurements})

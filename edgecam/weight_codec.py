@@ -32,13 +32,17 @@ from __future__ import annotations
 import heapq
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 CODEC = "kmeans-huffman/1"  # what the manifest and WeightCoding.codec call this format
+# An artifact with SPARSE blobs says so in its manifest: a camera whose runtime predates that mode
+# then refuses the artifact by its codec name (with what it decodes), not by a blob's mode byte.
+SPARSE_CODEC = "kmeans-huffman/2"
+CODECS = (CODEC, SPARSE_CODEC)  # what this runtime decodes
 BUNDLE_VERSION = 1
 MAX_CODE_LENGTH = 16  # longest Huffman code: bounds the decode table at 2**16 entries
 MAX_SYMBOLS = 256  # indices are one byte: codebooks of up to 2**8 entries
@@ -238,6 +242,11 @@ def encode_values(values: np.ndarray) -> bytes:
         raise WeightCodecError(f"{len(patterns)} distinct values; this codec holds at most {MAX_SYMBOLS}")
     codebook = patterns.view(values.dtype) if len(patterns) else np.zeros(1, values.dtype)
     return encode(inverse.reshape(values.shape), codebook)
+
+
+def codec_of(blobs: Iterable[bytes]) -> str:
+    """The codec name an artifact holding `blobs` needs: SPARSE_CODEC when any blob is SPARSE."""
+    return SPARSE_CODEC if any(len(b) > 5 and b[5] == SPARSE for b in blobs) else CODEC
 
 
 def decode(blob: bytes) -> np.ndarray:

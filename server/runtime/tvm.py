@@ -146,9 +146,11 @@ def decode_weights(artifact: Artifact) -> list[np.ndarray]:
     if coded is None:
         return []
     path = artifact.path / coded.file
-    if coded.codec != weight_codec.CODEC:
+    if coded.codec not in weight_codec.CODECS:
         raise ArtifactError(
-            "coded_weights", f"{path} uses codec {coded.codec!r}; this runtime decodes {weight_codec.CODEC!r}"
+            "coded_weights",
+            f"{path} uses codec {coded.codec!r}; this runtime decodes {', '.join(weight_codec.CODECS)} "
+            "(an artifact from a newer edgecam: upgrade the camera's edgecam)",
         )
     try:
         blobs = weight_codec.read_bundle(path)

@@ -194,3 +194,12 @@ def test_corrupt_sparse_blobs_are_refused_naming_the_check() -> None:
         except wc.WeightCodecError:
             refused += 1
     assert refused > 200
+
+
+def test_an_artifact_with_sparse_blobs_is_named_by_the_codec_that_added_them() -> None:
+    """A camera whose runtime predates SPARSE refuses such an artifact by its codec name."""
+    sparse = wc.encode(*_pruned(0.95, seed=5))
+    dense = wc.encode(*_pruned(0.2, seed=6, shape=(64, 64)))
+    assert wc.codec_of([dense]) == wc.CODEC and wc.codec_of([]) == wc.CODEC
+    assert wc.codec_of([dense, sparse]) == wc.SPARSE_CODEC
+    assert set(wc.CODECS) == {wc.CODEC, wc.SPARSE_CODEC}

@@ -152,6 +152,12 @@ def test_deep_compression_recipe_writes_a_coded_artifact(
     assert report.steps[-1].weight_bytes < report.steps[0].weight_bytes / 4
     assert report.gate.passed and manifest["compression"]
     del artifact
+    from edgecam import weight_codec
+    from edgecam.server.runtime import load_model
+
+    blobs = weight_codec.read_bundle(tmp_path / "art" / "weights.ecw")
+    assert manifest["coded_weights"]["codec"] == weight_codec.codec_of(blobs.values())
+    load_model(tmp_path / "art")  # the camera decodes the codec the manifest names
 
 
 @pytest.mark.parametrize(
