@@ -166,14 +166,7 @@ def write_artifact(
             from edgecam.signing import sign_manifest
 
             sign_manifest(staging / MANIFEST_NAME, sign_key)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
+        replace_directory(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -255,3 +248,16 @@ def check_host_can_run(target: TargetInfo) -> None:
 
 def _cuda_present() -> bool:
     return any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Put the complete directory `staging` in place of `target` by renames (same file system): a
+    reader sees the old directory or the new one, never a mix; the old one is removed after."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecam.compiler.artifact import replace_directory
 from edgecam.compiler.errors import InvalidOptionError
 from edgecam.compiler.tuning_defaults import seed_default_schedules
 
@@ -175,13 +176,7 @@ def _rewrite(database: Path, records: Sequence[Any]) -> int:
             for entry in database.iterdir():
                 if entry.name not in (WORKLOADS, RECORDS):
                     os.replace(entry, staging / entry.name)
-            old = database.with_name(f".{database.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(database, old)
-            os.replace(staging, database)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, database)
+        replace_directory(staging, database)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
