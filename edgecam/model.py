@@ -53,6 +53,33 @@ class ModelDescription(BaseModel):
     labels: list[str] = Field(default_factory=list)
 
 
+class Described:
+    """The description's fields read as the holder's own (the compiler's OnnxModel and the server's
+    LoadedModel, which hold one `description` each)."""
+
+    description: ModelDescription
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.description.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.description.outputs
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.description.preprocessing
+
+    @property
+    def postprocessing(self) -> Postprocessing:
+        return self.description.postprocessing
+
+    @property
+    def labels(self) -> list[str]:
+        return self.description.labels
+
+
 def metadata_props(
     name: str,
     preprocessing: Preprocessing,

@@ -10,9 +10,14 @@ from typing import Any
 
 from edgecam.compiler.errors import ModelImportError
 from edgecam.compiler.frontends.open_dims import fix_open_dims
-from edgecam.model import MetadataError, ModelDescription, TensorSpec, check_preprocessing, describe
-from edgecam.postprocessing import Postprocessing
-from edgecam.preprocessing import Preprocessing
+from edgecam.model import (
+    Described,
+    MetadataError,
+    ModelDescription,
+    TensorSpec,
+    check_preprocessing,
+    describe,
+)
 
 # ONNX TensorProto element types → KServe datatypes.
 _ONNX_TO_KSERVE = {
@@ -32,37 +37,17 @@ _ONNX_TO_KSERVE = {
 
 
 @dataclass
-class OnnxModel:
+class OnnxModel(Described):
     """An ONNX model the compiler builds: the file, its proto and its description (edgecam/model.py)."""
 
     path: Path
     proto: Any  # onnx.ModelProto
     description: ModelDescription
 
-    # The description's fields, read where the compiler reads them.
+    # The name as the compiler reads it; the other fields of the description come from Described.
     @property
     def name(self) -> str:
         return self.description.model_name
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self.description.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self.description.outputs
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.description.preprocessing
-
-    @property
-    def postprocessing(self) -> Postprocessing:
-        return self.description.postprocessing
-
-    @property
-    def labels(self) -> list[str]:
-        return self.description.labels
 
 
 def load_onnx(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> OnnxModel:

@@ -9,9 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from edgecam.compiler.artifact import Manifest
-from edgecam.model import ModelDescription, TensorSpec
-from edgecam.postprocessing import Postprocessing
-from edgecam.preprocessing import Preprocessing
+from edgecam.model import Described, ModelDescription
 
 
 class Runtime(Protocol):
@@ -27,7 +25,7 @@ class Runtime(Protocol):
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(Described):
     """A model being served: its runtime and its description (an artifact's manifest, or what
     edgecam/model.py reads from a plain .onnx file)."""
 
@@ -39,24 +37,3 @@ class LoadedModel:
     manifest: Manifest | None = None
     path: Path | None = None  # the artifact directory or .onnx file it was loaded from
     workspace_bytes: int = 0  # measured at load: process growth beyond the weights (see load_model)
-
-    # The description's fields, read all over the server.
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self.description.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self.description.outputs
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.description.preprocessing
-
-    @property
-    def postprocessing(self) -> Postprocessing:
-        return self.description.postprocessing
-
-    @property
-    def labels(self) -> list[str]:
-        return self.description.labels
