@@ -20,14 +20,16 @@ from pydantic import Field, field_validator
 from edgecam import weight_codec
 from edgecam.compiler.errors import TrainingError
 from edgecam.compiler.passes.backends.onnx import OnnxGraph
-from edgecam.compiler.passes.base import PassContext, PassResult, WeightCoding, register_pass
+from edgecam.compiler.passes.base import PassContext, PassResult, register_pass
 from edgecam.compiler.passes.weight_sharing import (
     SHARED_OPS,
     WeightSharingConfig,
     WeightSharingPass,
     _layer_changes,
     _Shared,
+    coded_changes,
     share,
+    weight_coding,
 )
 from edgecam.compiler.training.layers import torch_layers
 
@@ -91,16 +93,5 @@ class TrainedSharingPass(WeightSharingPass):
                 raise TrainingError(f"trained_sharing: {name!r}: the exported weights differ from the coding")
             encoded[weight] = blob
             entries[name] = _layer_changes(weight, bits, values, _Shared(codebook, indices, blob))
-        raw = sum(entry["raw_bytes"] for entry in entries.values())
-        coded = sum(entry["coded_bytes"] for entry in entries.values())
-        changes = {
-            "codec": weight_codec.CODEC,
-            "layers": entries,
-            "skipped": skipped,
-            "raw_bytes": raw,
-            "coded_bytes": coded,
-            "ratio": round(raw / coded, 3) if coded else 0.0,
-            "training": fit.summary(),
-        }
-        coding = WeightCoding(codec=weight_codec.CODEC, encoded=encoded, decode=weight_codec.decode)
-        return PassResult(model=exported, changes=changes, coding=coding if encoded else None)
+        changes = {**coded_changes(entries, skipped), "training": fit.summary()}
+        return PassResult(model=exported, changes=changes, coding=weight_coding(encoded))

@@ -86,21 +86,11 @@ class WeightSharingPass(CompressionPass[WeightSharingConfig]):
             graph.set_weight(layer.weight, shared.codebook[shared.indices])
             encoded[layer.weight] = shared.blob
             layers[layer.name] = _layer_changes(layer.weight, bits, values, shared)
-        raw = sum(entry["raw_bytes"] for entry in layers.values())
-        coded = sum(entry["coded_bytes"] for entry in layers.values())
-        changes = {
-            "codec": weight_codec.CODEC,
-            "layers": layers,
-            "skipped": skipped,
-            "raw_bytes": raw,
-            "coded_bytes": coded,
-            "ratio": round(raw / coded, 3) if coded else 0.0,
-        }
+        changes = coded_changes(layers, skipped)
         # Biases stay raw fp32 (not coded), so correcting them leaves the coding valid.
         if (correction := self.config.corrected(model, graph.model, context)) is not None:
             changes["bias_correction"] = correction
-        coding = WeightCoding(codec=weight_codec.CODEC, encoded=encoded, decode=weight_codec.decode)
-        return PassResult(model=graph.model, changes=changes, coding=coding if encoded else None)
+        return PassResult(model=graph.model, changes=changes, coding=weight_coding(encoded))
 
     def _bits_for(self, layer: str) -> int:
         for pattern, bits in self.config.layer_bits.items():
@@ -201,6 +191,28 @@ def _nearest(flat: np.ndarray, codebook: np.ndarray, keep_zero: bool) -> np.ndar
     if keep_zero:
         indices = np.where(flat == 0, int(np.flatnonzero(codebook == 0)[0]), indices)
     return indices.astype(np.uint8)
+
+
+def coded_changes(layers: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
+    """The report's changes of a pass that codes weights: each coded layer, those kept raw and why,
+    and the totals."""
+    raw = sum(entry["raw_bytes"] for entry in layers.values())
+    coded = sum(entry["coded_bytes"] for entry in layers.values())
+    return {
+        "codec": weight_codec.CODEC,
+        "layers": layers,
+        "skipped": skipped,
+        "raw_bytes": raw,
+        "coded_bytes": coded,
+        "ratio": round(raw / coded, 3) if coded else 0.0,
+    }
+
+
+def weight_coding(encoded: dict[str, bytes]) -> WeightCoding | None:
+    """The artifact's coding of `encoded` ({initializer: blob}); None when no layer was coded."""
+    if not encoded:
+        return None
+    return WeightCoding(codec=weight_codec.CODEC, encoded=encoded, decode=weight_codec.decode)
 
 
 def _layer_changes(weight: str, bits: int, values: np.ndarray, shared: _Shared) -> dict[str, Any]:
