@@ -36,8 +36,8 @@ def parse_input_shapes(values: Sequence[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def fix_open_dims(proto: Any, path: Path, input_shapes: Mapping[str, Sequence[int]]) -> bool:
-    """Give every open input dimension a size, in place; True when the model had any.
+def fix_open_dims(proto: Any, path: Path, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    """Give every open input dimension a size, in place.
 
     ModelImportError names the input, its shape and the option to use when a size is missing or
     `input_shapes` contradicts the model (an unknown name, another rank, another fixed size).
@@ -84,7 +84,6 @@ def fix_open_dims(proto: Any, path: Path, input_shapes: Mapping[str, Sequence[in
                 changed = True
     if changed:
         _infer_output_shapes(proto, path)
-    return changed
 
 
 def _infer_output_shapes(proto: Any, path: Path) -> None:
